@@ -1,0 +1,3 @@
+module github.com/piggysec/piggy/libs
+
+go 1.26.0

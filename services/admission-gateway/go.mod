@@ -1,0 +1,3 @@
+module github.com/piggysec/piggy/services/admission-gateway
+
+go 1.26.0
