@@ -1,0 +1,217 @@
+// Package daemon is the skeleton shared by Piggy's long-running services:
+// the settings every service has (logging, TLS files, metrics and probe
+// port, shutdown bound), the logger and telemetry built from them, and an
+// errgroup that runs the servers until the context ends and then shuts
+// them down within the bound.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+
+	"github.com/piggysec/piggy/libs/logging"
+	"github.com/piggysec/piggy/libs/serve"
+	"github.com/piggysec/piggy/libs/telemetry"
+	"github.com/piggysec/piggy/libs/tlsreload"
+)
+
+// Settings are the options every Piggy service has.
+type Settings struct {
+	// LogLevel is debug, info, warn or error.
+	LogLevel string
+	// Debug forces debug logs (the original Piggy's DEBUG default setting).
+	Debug bool
+	// TLS names the service's certificate, key and the CA bundle used to
+	// verify peers (mTLS clients and the services it calls).
+	TLS tlsreload.Files
+	// TLSReloadInterval is how often the TLS files are checked for changes.
+	TLSReloadInterval time.Duration
+	// MetricsAddress serves /metrics, /healthz and /readyz over plain HTTP
+	// for Prometheus and kubelet probes; empty disables it.
+	MetricsAddress string
+	// ShutdownGrace bounds the graceful shutdown after SIGTERM.
+	ShutdownGrace time.Duration
+}
+
+// Register adds the settings' flags to fs with their defaults.
+func (s *Settings) Register(fs *flag.FlagSet) {
+	fs.StringVar(&s.LogLevel, "log-level", "info", "log level: debug, info, warn or error")
+	fs.BoolVar(&s.Debug, "debug", false, "debug logs (same as --log-level=debug)")
+	fs.StringVar(&s.TLS.CertFile, "tls-cert-file", "", "PEM certificate the service presents (required)")
+	fs.StringVar(&s.TLS.KeyFile, "tls-key-file", "", "PEM private key of --tls-cert-file (required)")
+	fs.StringVar(&s.TLS.CAFile, "tls-ca-file", "", "PEM CA bundle that verifies mTLS clients and called services (required)")
+	fs.DurationVar(&s.TLSReloadInterval, "tls-reload-interval", 10*time.Second, "how often TLS files are re-read to pick up rotated certificates")
+	fs.StringVar(&s.MetricsAddress, "metrics-address", ":9090", "plain HTTP address for /metrics, /healthz and /readyz; empty disables")
+	fs.DurationVar(&s.ShutdownGrace, "shutdown-grace", 4*time.Second, "how long in-flight requests may finish after SIGTERM")
+}
+
+// Validate reports missing or inconsistent settings.
+func (s *Settings) Validate() error {
+	var errs []error
+	if _, ok := logging.ParseLevel(s.LogLevel); !ok {
+		errs = append(errs, fmt.Errorf("log level %q is not debug, info, warn or error", s.LogLevel))
+	}
+	for _, f := range []struct{ flag, value string }{
+		{"--tls-cert-file", s.TLS.CertFile},
+		{"--tls-key-file", s.TLS.KeyFile},
+		{"--tls-ca-file", s.TLS.CAFile},
+	} {
+		if f.value == "" {
+			errs = append(errs, fmt.Errorf("%s is required", f.flag))
+		}
+	}
+	if s.TLSReloadInterval <= 0 {
+		errs = append(errs, errors.New("--tls-reload-interval must be positive"))
+	}
+	if s.ShutdownGrace <= 0 {
+		errs = append(errs, errors.New("--shutdown-grace must be positive"))
+	}
+	return errors.Join(errs...)
+}
+
+// Daemon is a running service process.
+type Daemon struct {
+	// Log is the service's JSON logger.
+	Log *slog.Logger
+	// Telemetry holds the trace and metric providers.
+	Telemetry *telemetry.Telemetry
+	// TLS is the service's reloading TLS material.
+	TLS *tlsreload.Source
+
+	settings Settings
+	ctx      context.Context
+	cancel   context.CancelFunc
+	group    *errgroup.Group
+	ready    []func(context.Context) error
+}
+
+// New builds the logger, telemetry and TLS source of a service named name
+// and starts nothing yet. Logs go to stderr.
+func New(ctx context.Context, name, version string, s Settings, stderr io.Writer, getenv func(string) string) (*Daemon, error) {
+	if err := s.Validate(); err != nil {
+		return nil, err
+	}
+	level, _ := logging.ParseLevel(s.LogLevel)
+	if s.Debug {
+		level = slog.LevelDebug
+	}
+	log := logging.New(stderr, logging.Options{Level: level, Service: name})
+	src, err := tlsreload.Load(s.TLS)
+	if err != nil {
+		return nil, err
+	}
+	tel, err := telemetry.Setup(ctx, telemetry.Options{ServiceName: name, Version: version, Getenv: getenv})
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	group, gctx := errgroup.WithContext(ctx)
+	d := &Daemon{Log: log, Telemetry: tel, TLS: src, settings: s, ctx: gctx, cancel: cancel, group: group}
+	d.Go(func(ctx context.Context) error { return src.Run(ctx, s.TLSReloadInterval, log) })
+	return d, nil
+}
+
+// Context is done when the process is asked to stop or a component failed.
+func (d *Daemon) Context() context.Context { return d.ctx }
+
+// Go runs f in the daemon's group; f must return when ctx ends. An error
+// stops the whole daemon.
+func (d *Daemon) Go(f func(ctx context.Context) error) {
+	d.group.Go(func() error { return f(d.ctx) })
+}
+
+// ReadyWhen adds a readiness check reported on /readyz.
+func (d *Daemon) ReadyWhen(check func(context.Context) error) { d.ready = append(d.ready, check) }
+
+// Ready runs the readiness checks.
+func (d *Daemon) Ready(ctx context.Context) error {
+	for _, c := range d.ready {
+		if err := c(ctx); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// NewGRPCServer returns a gRPC server on the daemon's TLS identity that
+// requires client certificates (mTLS), with health and reflection.
+func (d *Daemon) NewGRPCServer(extra ...grpc.ServerOption) (*grpc.Server, *health.Server, error) {
+	return serve.NewGRPCServer(serve.GRPCOptions{TLS: d.TLS.ServerConfig(true), Logger: d.Log, Extra: extra})
+}
+
+// ServeGRPC listens on addr and serves s until the daemon stops.
+func (d *Daemon) ServeGRPC(name, addr string, s *grpc.Server, h *health.Server) error {
+	ln, err := serve.Listen(d.ctx, name, addr)
+	if err != nil {
+		return err
+	}
+	d.Log.InfoContext(d.ctx, "serving gRPC (mTLS)", "server", name, "address", ln.Addr().String())
+	d.Go(func(ctx context.Context) error { return serve.GRPC(ctx, s, h, ln, d.settings.ShutdownGrace) })
+	return nil
+}
+
+// ServeHTTPS listens on addr and serves handler with server TLS (clients
+// are not asked for certificates) until the daemon stops.
+func (d *Daemon) ServeHTTPS(name, addr string, handler http.Handler) error {
+	ln, err := serve.Listen(d.ctx, name, addr)
+	if err != nil {
+		return err
+	}
+	srv := serve.NewHTTPServer(serve.HTTPOptions{Handler: handler, TLS: d.TLS.ServerConfig(false), Name: name, Logger: d.Log})
+	d.Log.InfoContext(d.ctx, "serving HTTPS", "server", name, "address", ln.Addr().String())
+	d.Go(func(ctx context.Context) error { return serve.HTTP(ctx, srv, ln, d.settings.ShutdownGrace) })
+	return nil
+}
+
+// ServeMetrics serves /metrics, /healthz and /readyz on the metrics
+// address, when one is set.
+func (d *Daemon) ServeMetrics() error {
+	if d.settings.MetricsAddress == "" {
+		return nil
+	}
+	mux := serve.Probes(d.Ready)
+	mux.Handle("GET /metrics", d.Telemetry.MetricsHandler)
+	ln, err := serve.Listen(d.ctx, "metrics", d.settings.MetricsAddress)
+	if err != nil {
+		return err
+	}
+	srv := serve.NewHTTPServer(serve.HTTPOptions{Handler: mux, Name: "metrics", Logger: d.Log})
+	d.Log.InfoContext(d.ctx, "serving metrics and probes", "server", "metrics", "address", ln.Addr().String())
+	d.Go(func(ctx context.Context) error { return serve.HTTP(ctx, srv, ln, d.settings.ShutdownGrace) })
+	return nil
+}
+
+// Abort stops everything started so far (used when wiring fails half way)
+// and returns err.
+func (d *Daemon) Abort(err error) error {
+	d.cancel()
+	_ = d.Wait()
+	return err
+}
+
+// Wait blocks until every component has stopped, then flushes telemetry.
+// It returns the first component error, or nil after a requested stop.
+func (d *Daemon) Wait() error {
+	err := d.group.Wait()
+	d.cancel()
+	sctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	if terr := d.Telemetry.Shutdown(sctx); terr != nil {
+		d.Log.Warn("telemetry shutdown", "error", terr)
+	}
+	if err != nil {
+		return err
+	}
+	d.Log.Info("stopped")
+	return nil
+}

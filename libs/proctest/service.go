@@ -1,0 +1,167 @@
+package proctest
+
+import (
+	"net/http"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/piggysec/piggy/libs/testca"
+	"github.com/piggysec/piggy/libs/tlsreload"
+)
+
+// Service describes a Piggy service binary for the shared lifecycle test.
+type Service struct {
+	// Dir holds the main package (usually ".").
+	Dir string
+	// GRPC maps gRPC server names (as logged in "server") to their address flag.
+	GRPC map[string]string
+	// HTTPS maps HTTPS server names to their address flag.
+	HTTPS map[string]string
+	// Args are extra arguments the service needs to start.
+	Args []string
+}
+
+// PKI is a CA with a server+client certificate for a service and a client
+// certificate for tests, written to a temp dir.
+type PKI struct {
+	// Service is the service's identity (server and client usage).
+	Service tlsreload.Files
+	// Client is a test client's identity signed by the same CA.
+	Client *tlsreload.Source
+	// CA is the issuing authority, for issuing more certificates.
+	CA *testca.CA
+	// Dir holds the PEM files.
+	Dir string
+}
+
+// NewPKI writes a fresh PKI for tests.
+func NewPKI(t testing.TB) *PKI {
+	t.Helper()
+	ca, err := testca.New("piggy test CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	svc, err := ca.WriteFiles(dir, "service", testca.Request{CommonName: "service", Hosts: testca.LoopbackHosts, Usage: testca.Server | testca.Client})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cf, err := ca.WriteFiles(dir, "client", testca.Request{CommonName: "client", Usage: testca.Client})
+	if err != nil {
+		t.Fatal(err)
+	}
+	client, err := tlsreload.Load(cf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &PKI{Service: svc, Client: client, CA: ca, Dir: dir}
+}
+
+// TLSArgs are the service flags naming the PKI's service identity.
+func (p *PKI) TLSArgs() []string {
+	return []string{"--tls-cert-file", p.Service.CertFile, "--tls-key-file", p.Service.KeyFile, "--tls-ca-file", p.Service.CAFile}
+}
+
+// LoopbackArgs binds every server of s and the metrics port to free
+// loopback ports.
+func (s Service) LoopbackArgs() []string {
+	args := []string{"--metrics-address=127.0.0.1:0"}
+	for _, m := range []map[string]string{s.GRPC, s.HTTPS} {
+		for _, flag := range m {
+			args = append(args, "--"+flag+"=127.0.0.1:0")
+		}
+	}
+	return args
+}
+
+// TestLifecycle builds the service, starts it with test certificates,
+// checks gRPC health (mTLS) on every gRPC port, /healthz and /readyz on
+// every HTTPS port and on the metrics port, /metrics, and that SIGTERM ends
+// it with exit code 0 within 5 seconds. It then checks that bad
+// configuration exits non-zero with a one-line message.
+func TestLifecycle(t *testing.T, s Service) {
+	bin := Build(t, s.Dir)
+	name := filepath.Base(bin)
+
+	t.Run("starts healthy and stops on SIGTERM", func(t *testing.T) {
+		pki := NewPKI(t)
+		args := append(append(s.LoopbackArgs(), pki.TLSArgs()...), s.Args...)
+		p := Start(t, bin, args, nil)
+		names := []string{"metrics"}
+		for n := range s.GRPC {
+			names = append(names, n)
+		}
+		for n := range s.HTTPS {
+			names = append(names, n)
+		}
+		addrs := p.Addresses(t, names...)
+		for n := range s.GRPC {
+			CheckGRPCHealth(t, addrs[n], pki.Client.ClientConfig("127.0.0.1"))
+		}
+		for n := range s.HTTPS {
+			for _, path := range []string{"/healthz", "/readyz"} {
+				if code, body := Get(t, "https://"+addrs[n]+path, pki.Client.ClientConfig("127.0.0.1")); code != http.StatusOK {
+					t.Errorf("%s %s = %d %q, want 200", n, path, code, body)
+				}
+			}
+		}
+		for _, path := range []string{"/healthz", "/readyz", "/metrics"} {
+			if code, _ := Get(t, "http://"+addrs["metrics"]+path, nil); code != http.StatusOK {
+				t.Errorf("metrics %s = %d, want 200", path, code)
+			}
+		}
+		code, took := p.Stop(t, syscall.SIGTERM, 10*time.Second)
+		if code != 0 {
+			t.Errorf("exit code after SIGTERM = %d, want 0", code)
+		}
+		if took > 5*time.Second {
+			t.Errorf("exit took %s after SIGTERM, want at most 5s", took)
+		}
+	})
+
+	t.Run("bad configuration", func(t *testing.T) {
+		pki := NewPKI(t)
+		missing := filepath.Join(t.TempDir(), "missing.crt")
+		good := append(s.LoopbackArgs(), s.Args...)
+		var someFlag string
+		for _, m := range []map[string]string{s.GRPC, s.HTTPS} {
+			for _, f := range m {
+				someFlag = f
+			}
+		}
+		tests := []struct {
+			name     string
+			args     []string
+			env      []string
+			wantCode int
+			want     string
+		}{
+			{"no TLS files", good, nil, 2, "--tls-cert-file is required"},
+			{"missing cert file", append(append([]string{}, good...), "--tls-cert-file", missing, "--tls-key-file", pki.Service.KeyFile, "--tls-ca-file", pki.Service.CAFile), nil, 1, missing},
+			{"bad address", append(append(append([]string{}, good...), pki.TLSArgs()...), "--"+someFlag+"=nonsense"), nil, 1, `listen on "nonsense"`},
+			{"unparsable env value", append(append([]string{}, good...), pki.TLSArgs()...), []string{"DEBUG=maybe"}, 2, `invalid value "maybe" for DEBUG`},
+			{"unknown flag", []string{"--no-such-flag"}, nil, 2, "no-such-flag"},
+		}
+		for _, tt := range tests {
+			t.Run(tt.name, func(t *testing.T) {
+				code, stderr := Run(t, bin, tt.args, tt.env)
+				if code != tt.wantCode {
+					t.Errorf("exit code = %d, want %d; stderr:\n%s", code, tt.wantCode, stderr)
+				}
+				last := lastLine(stderr)
+				if !strings.HasPrefix(last, name+": ") || !strings.Contains(last, tt.want) {
+					t.Errorf("last stderr line = %q, want %q prefix and %q", last, name+": ", tt.want)
+				}
+			})
+		}
+	})
+}
+
+func lastLine(s string) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	return lines[len(lines)-1]
+}
+
