@@ -1,0 +1,34 @@
+// Command piggy-env is the first process of every container Piggy injects.
+// It fetches the values the container's "piggy:KEY" environment variables
+// reference (from the secret broker, or straight from AWS in standalone
+// mode), replaces them, removes its own PIGGY_* settings and execs the
+// container's real command in its place. "piggy-env install <dir>" copies the
+// binary into the shared volume from the init container.
+package main
+
+import (
+	"context"
+	"errors"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/piggysec/piggy/services/piggy-env/internal/jsonlog"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Environ())
+	stop()
+	if err != nil {
+		jsonlog.New(os.Stderr, false).Error(err.Error())
+		code := 1
+		if ec, ok := errors.AsType[interface {
+			error
+			ExitCode() int
+		}](err); ok {
+			code = ec.ExitCode()
+		}
+		os.Exit(code)
+	}
+}
