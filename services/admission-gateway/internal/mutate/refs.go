@@ -1,0 +1,138 @@
+package mutate
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+)
+
+// ReferencePrefix starts every value piggy-env replaces.
+const ReferencePrefix = "piggy:"
+
+// ErrNotFound is returned by an EnvSource for a missing ConfigMap or Secret.
+var ErrNotFound = errors.New("not found")
+
+// EnvSource reads the ConfigMaps and Secrets that env values come from.
+type EnvSource interface {
+	// ConfigMap returns the data of a ConfigMap or ErrNotFound.
+	ConfigMap(ctx context.Context, namespace, name string) (map[string]string, error)
+	// Secret returns the data of a Secret or ErrNotFound.
+	Secret(ctx context.Context, namespace, name string) (map[string][]byte, error)
+}
+
+// isReference reports whether v is a "piggy:KEY" value.
+func isReference(v string) bool {
+	return strings.HasPrefix(v, ReferencePrefix) && len(v) > len(ReferencePrefix)
+}
+
+// referenceFinder looks for piggy: values, reading each ConfigMap and
+// Secret at most once per review.
+type referenceFinder struct {
+	src        EnvSource
+	namespace  string
+	configMaps map[string]map[string]string
+	secrets    map[string]map[string][]byte
+}
+
+func newReferenceFinder(src EnvSource, namespace string) *referenceFinder {
+	return &referenceFinder{src: src, namespace: namespace, configMaps: map[string]map[string]string{}, secrets: map[string]map[string][]byte{}}
+}
+
+// references reports whether c references a piggy: value. Missing
+// ConfigMaps/Secrets follow Kubernetes: ignored when optional; otherwise an
+// error, since the pod cannot start until they exist and Piggy cannot tell
+// what they hold.
+func (f *referenceFinder) references(ctx context.Context, c *corev1.Container) (bool, error) {
+	for _, e := range c.Env {
+		if isReference(e.Value) {
+			return true, nil
+		}
+	}
+	for _, e := range c.Env {
+		if e.ValueFrom == nil {
+			continue
+		}
+		if ref := e.ValueFrom.ConfigMapKeyRef; ref != nil {
+			data, err := f.configMap(ctx, ref.Name, ref.Optional)
+			if err != nil {
+				return false, fmt.Errorf("env %s: %w", e.Name, err)
+			}
+			if isReference(data[ref.Key]) {
+				return true, nil
+			}
+		}
+		if ref := e.ValueFrom.SecretKeyRef; ref != nil {
+			data, err := f.secret(ctx, ref.Name, ref.Optional)
+			if err != nil {
+				return false, fmt.Errorf("env %s: %w", e.Name, err)
+			}
+			if isReference(string(data[ref.Key])) {
+				return true, nil
+			}
+		}
+	}
+	for _, from := range c.EnvFrom {
+		if ref := from.ConfigMapRef; ref != nil {
+			data, err := f.configMap(ctx, ref.Name, ref.Optional)
+			if err != nil {
+				return false, fmt.Errorf("envFrom: %w", err)
+			}
+			for _, v := range data {
+				if isReference(v) {
+					return true, nil
+				}
+			}
+		}
+		if ref := from.SecretRef; ref != nil {
+			data, err := f.secret(ctx, ref.Name, ref.Optional)
+			if err != nil {
+				return false, fmt.Errorf("envFrom: %w", err)
+			}
+			for _, v := range data {
+				if isReference(string(v)) {
+					return true, nil
+				}
+			}
+		}
+	}
+	return false, nil
+}
+
+func (f *referenceFinder) configMap(ctx context.Context, name string, optional *bool) (map[string]string, error) {
+	if data, ok := f.configMaps[name]; ok {
+		return data, nil
+	}
+	data, err := f.src.ConfigMap(ctx, f.namespace, name)
+	if err != nil {
+		return nil, missing("ConfigMap", f.namespace, name, optional, err)
+	}
+	f.configMaps[name] = data
+	return data, nil
+}
+
+func (f *referenceFinder) secret(ctx context.Context, name string, optional *bool) (map[string][]byte, error) {
+	if data, ok := f.secrets[name]; ok {
+		return data, nil
+	}
+	data, err := f.src.Secret(ctx, f.namespace, name)
+	if err != nil {
+		return nil, missing("Secret", f.namespace, name, optional, err)
+	}
+	f.secrets[name] = data
+	return data, nil
+}
+
+// missing turns a lookup error into nil (optional and absent) or an error
+// a developer can act on.
+func missing(kind, namespace, name string, optional *bool, err error) error {
+	if errors.Is(err, ErrNotFound) {
+		if optional != nil && *optional {
+			return nil
+		}
+		return fmt.Errorf("%s %s/%s not found; Piggy cannot tell whether it holds piggy: values (create it first or mark the reference optional)", kind, namespace, name)
+	}
+	return fmt.Errorf("read %s %s/%s: %w", kind, namespace, name, err)
+}

@@ -1,0 +1,294 @@
+// Package podsettings reads Piggy's pod annotations (prefix piggysec.com/)
+// together with the operator's cluster-wide defaults into typed settings.
+//
+// Every annotation has a default set on the webhook as an environment
+// variable named like the annotation without the prefix, upper-cased, with
+// "-" → "_" (aws-region → AWS_REGION). Values that do not parse are never
+// read as false: they fall back to the safe default with a warning, or deny
+// the pod when guessing would change what the pod runs or weaken security.
+package podsettings
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"k8s.io/apimachinery/pkg/api/resource"
+)
+
+// Prefix starts every Piggy annotation.
+const Prefix = "piggysec.com/"
+
+// Annotation names without the prefix.
+const (
+	AWSSecretName                 = "aws-secret-name"
+	AWSSSMParameterPath           = "aws-ssm-parameter-path"
+	AWSRegion                     = "aws-region"
+	AWSSecretVersion              = "aws-secret-version"
+	PiggyAddress                  = "piggy-address"
+	Standalone                    = "standalone"
+	PiggyEnvImage                 = "piggy-env-image"
+	PiggyEnvImagePullPolicy       = "piggy-env-image-pull-policy"
+	PiggyEnvResourceCPURequest    = "piggy-env-resource-cpu-request"
+	PiggyEnvResourceMemoryRequest = "piggy-env-resource-memory-request"
+	PiggyEnvResourceCPULimit      = "piggy-env-resource-cpu-limit"
+	PiggyEnvResourceMemoryLimit   = "piggy-env-resource-memory-limit"
+	PSPAllowPrivilegeEscalation   = "piggy-psp-allow-privilege-escalation"
+	IgnoreNoEnv                   = "piggy-ignore-no-env"
+	EnforceIntegrity              = "piggy-enforce-integrity"
+	EnforceServiceAccount         = "piggy-enforce-service-account"
+	Debug                         = "debug"
+	ImagePullSecret               = "image-pull-secret"
+	ImagePullSecretNamespace      = "image-pull-secret-namespace"
+	ImageSkipVerifyRegistry       = "image-skip-verify-registry"
+	DefaultSecretNamePrefix       = "piggy-default-secret-name-prefix"
+	DefaultSecretNameSuffix       = "piggy-default-secret-name-suffix"
+	DNSResolver                   = "piggy-dns-resolver"
+	InitialDelay                  = "piggy-initial-delay"
+	NumberOfRetry                 = "piggy-number-of-retry"
+	UID                           = "piggy-uid"
+)
+
+// Names lists every annotation a pod may set (piggy-uid is written by the
+// webhook, not read as a setting).
+var Names = []string{
+	AWSSecretName, AWSSSMParameterPath, AWSRegion, AWSSecretVersion, PiggyAddress, Standalone,
+	PiggyEnvImage, PiggyEnvImagePullPolicy, PiggyEnvResourceCPURequest, PiggyEnvResourceMemoryRequest,
+	PiggyEnvResourceCPULimit, PiggyEnvResourceMemoryLimit, PSPAllowPrivilegeEscalation, IgnoreNoEnv,
+	EnforceIntegrity, EnforceServiceAccount, Debug, ImagePullSecret, ImagePullSecretNamespace,
+	ImageSkipVerifyRegistry, DefaultSecretNamePrefix, DefaultSecretNameSuffix, DNSResolver,
+	InitialDelay, NumberOfRetry,
+}
+
+// EnvName is the cluster-wide default variable of an annotation.
+func EnvName(annotation string) string {
+	return strings.ToUpper(strings.ReplaceAll(annotation, "-", "_"))
+}
+
+// Defaults are the cluster-wide defaults by annotation name (without
+// prefix). Locked names are operator decisions pods cannot override.
+type Defaults struct {
+	// Values by annotation name.
+	Values map[string]string
+	// Locked annotation names: a pod's value is ignored with a warning.
+	Locked map[string]bool
+}
+
+// LoadDefaults reads the default of every annotation from getenv.
+func LoadDefaults(getenv func(string) string, locked []string) Defaults {
+	d := Defaults{Values: map[string]string{}, Locked: map[string]bool{}}
+	for _, n := range Names {
+		if v := getenv(EnvName(n)); v != "" {
+			d.Values[n] = v
+		}
+	}
+	for _, n := range locked {
+		if n = strings.TrimPrefix(strings.TrimSpace(n), Prefix); n != "" {
+			d.Locked[n] = true
+		}
+	}
+	return d
+}
+
+// Resources of the install init container.
+type Resources struct {
+	CPURequest, MemoryRequest, CPULimit, MemoryLimit resource.Quantity
+}
+
+// Settings are the effective settings of one pod.
+type Settings struct {
+	SecretName               string
+	SSMParameterPath         string
+	Region                   string
+	SecretVersion            string
+	Address                  string
+	Standalone               bool
+	EnvImage                 string
+	EnvImagePullPolicy       string
+	Resources                Resources
+	AllowPrivilegeEscalation bool
+	IgnoreNoEnv              bool
+	EnforceIntegrity         bool
+	EnforceServiceAccount    bool
+	Debug                    bool
+	PullSecretName           string
+	PullSecretNamespace      string
+	SkipVerifyRegistry       bool
+	SecretNamePrefix         string
+	SecretNameSuffix         string
+	DNSResolver              string
+	InitialDelay             time.Duration
+	NumberOfRetry            int
+}
+
+// Configured reports whether a piggy source is set for the pod: a secret
+// name, an SSM path or a broker address.
+func (s *Settings) Configured() bool {
+	return s.SecretName != "" || s.SSMParameterPath != "" || s.Address != ""
+}
+
+// DefaultSecretName is <prefix><namespace>/<serviceAccount><suffix>.
+func (s *Settings) DefaultSecretName(namespace, serviceAccount string) string {
+	return s.SecretNamePrefix + namespace + "/" + serviceAccount + s.SecretNameSuffix
+}
+
+// Result is the outcome of Read: settings, warnings for the user, and a
+// denial reason when the pod must be refused.
+type Result struct {
+	Settings Settings
+	Warnings []string
+	Denied   string
+}
+
+// reader resolves one pod's values.
+type reader struct {
+	annotations map[string]string
+	defaults    Defaults
+	res         *Result
+}
+
+// Read resolves the settings of a pod from its annotations and defaults.
+func Read(annotations map[string]string, defaults Defaults) Result {
+	var res Result
+	r := reader{annotations: annotations, defaults: defaults, res: &res}
+	s := &res.Settings
+	s.SecretName = r.str(AWSSecretName, "")
+	s.SSMParameterPath = r.str(AWSSSMParameterPath, "")
+	s.Region = r.str(AWSRegion, "")
+	s.SecretVersion = r.str(AWSSecretVersion, "")
+	s.Address = r.str(PiggyAddress, "")
+	s.Standalone = r.boolean(Standalone, false, denyOnBad)
+	s.EnvImage = r.str(PiggyEnvImage, "")
+	s.EnvImagePullPolicy = r.str(PiggyEnvImagePullPolicy, "IfNotPresent")
+	switch s.EnvImagePullPolicy {
+	case "Always", "IfNotPresent", "Never":
+	default:
+		r.warn(PiggyEnvImagePullPolicy, "%q is not Always, IfNotPresent or Never; using IfNotPresent", s.EnvImagePullPolicy)
+		s.EnvImagePullPolicy = "IfNotPresent"
+	}
+	s.Resources = Resources{
+		CPURequest:    r.quantity(PiggyEnvResourceCPURequest, "50m"),
+		MemoryRequest: r.quantity(PiggyEnvResourceMemoryRequest, "64Mi"),
+		CPULimit:      r.quantity(PiggyEnvResourceCPULimit, "200m"),
+		MemoryLimit:   r.quantity(PiggyEnvResourceMemoryLimit, "64Mi"),
+	}
+	s.AllowPrivilegeEscalation = r.boolean(PSPAllowPrivilegeEscalation, false, warnOnBad)
+	s.IgnoreNoEnv = r.boolean(IgnoreNoEnv, false, warnOnBad)
+	s.EnforceIntegrity = r.boolean(EnforceIntegrity, true, warnOnBad)
+	s.EnforceServiceAccount = r.boolean(EnforceServiceAccount, false, warnOnBad)
+	s.Debug = r.boolean(Debug, false, warnOnBad)
+	s.PullSecretName = r.str(ImagePullSecret, "")
+	s.PullSecretNamespace = r.str(ImagePullSecretNamespace, "")
+	s.SkipVerifyRegistry = r.boolean(ImageSkipVerifyRegistry, false, warnOnBad)
+	s.SecretNamePrefix = r.str(DefaultSecretNamePrefix, "")
+	s.SecretNameSuffix = r.str(DefaultSecretNameSuffix, "")
+	s.DNSResolver = r.str(DNSResolver, "")
+	switch s.DNSResolver {
+	case "", "tcp", "tcp4", "tcp6", "udp", "udp4", "udp6":
+	default:
+		r.warn(DNSResolver, "%q is not a Go resolver network (tcp, udp, tcp4, ...); ignored", s.DNSResolver)
+		s.DNSResolver = ""
+	}
+	s.InitialDelay = r.duration(InitialDelay)
+	s.NumberOfRetry = r.retries(NumberOfRetry)
+
+	if s.SecretName != "" && s.SSMParameterPath != "" {
+		r.warn(AWSSSMParameterPath, "both a secret name and an SSM path are set; the SSM path is used")
+	}
+	if s.SSMParameterPath != "" && !strings.HasPrefix(s.SSMParameterPath, "/") {
+		r.deny("annotation %s%s: %q must start with /", Prefix, AWSSSMParameterPath, s.SSMParameterPath)
+	}
+	return res
+}
+
+type badPolicy int
+
+const (
+	warnOnBad badPolicy = iota
+	denyOnBad
+)
+
+// raw returns the pod's value when it may be used, else the default.
+func (r reader) raw(name string) (string, bool) {
+	if v, ok := r.annotations[Prefix+name]; ok {
+		if !r.defaults.Locked[name] {
+			return strings.TrimSpace(v), true
+		}
+		if d := r.defaults.Values[name]; v != d {
+			r.warn(name, "set by the cluster operator; the pod's value is ignored")
+		}
+	}
+	v, ok := r.defaults.Values[name]
+	return strings.TrimSpace(v), ok
+}
+
+func (r reader) str(name, def string) string {
+	if v, ok := r.raw(name); ok && v != "" {
+		return v
+	}
+	return def
+}
+
+func (r reader) boolean(name string, def bool, policy badPolicy) bool {
+	v, ok := r.raw(name)
+	if !ok || v == "" {
+		return def
+	}
+	b, err := strconv.ParseBool(v)
+	if err != nil {
+		if policy == denyOnBad {
+			r.deny("annotation %s%s: %q is not a boolean (true or false)", Prefix, name, v)
+		} else {
+			r.warn(name, "%q is not a boolean (true or false); using %t", v, def)
+		}
+		return def
+	}
+	return b
+}
+
+func (r reader) quantity(name, def string) resource.Quantity {
+	v := r.str(name, def)
+	q, err := resource.ParseQuantity(v)
+	if err != nil {
+		r.warn(name, "%q is not a resource quantity; using %s", v, def)
+		return resource.MustParse(def)
+	}
+	return q
+}
+
+func (r reader) duration(name string) time.Duration {
+	v := r.str(name, "")
+	if v == "" {
+		return 0
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil || d < 0 {
+		r.warn(name, "%q is not a non-negative duration such as 2s; using 0", v)
+		return 0
+	}
+	return d
+}
+
+func (r reader) retries(name string) int {
+	v := r.str(name, "")
+	if v == "" {
+		return 0
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 0 {
+		r.warn(name, "%q is not a non-negative number of retries; using 0", v)
+		return 0
+	}
+	return n
+}
+
+func (r reader) warn(name, format string, args ...any) {
+	r.res.Warnings = append(r.res.Warnings, fmt.Sprintf("piggy: annotation %s%s: ", Prefix, name)+fmt.Sprintf(format, args...))
+}
+
+func (r reader) deny(format string, args ...any) {
+	if r.res.Denied == "" {
+		r.res.Denied = fmt.Sprintf(format, args...)
+	}
+}

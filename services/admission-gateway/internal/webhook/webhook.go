@@ -1,0 +1,191 @@
+// Package webhook is the HTTP adapter of the admission-gateway: it decodes
+// AdmissionReview v1 requests, asks the mutation for a decision and always
+// answers with a valid AdmissionReview (allowed with a patch, allowed
+// without one, or denied with a message), also when the mutation panics.
+package webhook
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"mime"
+	"net/http"
+	"runtime/debug"
+	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+	admissionv1 "k8s.io/api/admission/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/piggysec/piggy/services/admission-gateway/internal/mutate"
+)
+
+// MaxBodyBytes caps a review request (the API server's own request limit
+// is 3 MiB; a review wraps the object once).
+const MaxBodyBytes = 4 << 20
+
+// Mutator is the decision the handler needs.
+type Mutator interface {
+	Mutate(ctx context.Context, pod *corev1.Pod, namespace string) mutate.Outcome
+}
+
+// Handler serves POST /mutate.
+type Handler struct {
+	mutator  Mutator
+	log      *slog.Logger
+	reviews  metric.Int64Counter
+	duration metric.Float64Histogram
+}
+
+// New returns a Handler that records metrics with meter.
+func New(m Mutator, log *slog.Logger, meter metric.Meter) (*Handler, error) {
+	reviews, err := meter.Int64Counter("piggy_admission_reviews",
+		metric.WithDescription("Admission reviews by outcome: mutated, unchanged, denied, skipped, error."))
+	if err != nil {
+		return nil, err
+	}
+	duration, err := meter.Float64Histogram("piggy_admission_review_duration_seconds",
+		metric.WithDescription("Time to answer an admission review."), metric.WithUnit("s"),
+		metric.WithExplicitBucketBoundaries(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+	if err != nil {
+		return nil, err
+	}
+	return &Handler{mutator: m, log: log, reviews: reviews, duration: duration}, nil
+}
+
+// ServeHTTP implements http.Handler.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodPost {
+		w.Header().Set("Allow", http.MethodPost)
+		http.Error(w, "piggy: admission reviews are POSTed", http.StatusMethodNotAllowed)
+		return
+	}
+	if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mt != "application/json" {
+		http.Error(w, "piggy: Content-Type must be application/json", http.StatusUnsupportedMediaType)
+		return
+	}
+	var in admissionv1.AdmissionReview
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, MaxBodyBytes))
+	if err := dec.Decode(&in); err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			http.Error(w, fmt.Sprintf("piggy: admission review larger than %d bytes", MaxBodyBytes), http.StatusRequestEntityTooLarge)
+			return
+		}
+		http.Error(w, "piggy: malformed AdmissionReview: "+err.Error(), http.StatusBadRequest)
+		return
+	}
+	if in.APIVersion != admissionv1.SchemeGroupVersion.String() || in.Kind != "AdmissionReview" || in.Request == nil {
+		http.Error(w, "piggy: expected an admission.k8s.io/v1 AdmissionReview with a request", http.StatusBadRequest)
+		return
+	}
+
+	start := time.Now()
+	resp, outcome := h.review(r.Context(), in.Request)
+	took := time.Since(start)
+	attrs := metric.WithAttributes(attribute.String("outcome", outcome))
+	h.reviews.Add(r.Context(), 1, attrs)
+	h.duration.Record(r.Context(), took.Seconds(), attrs)
+
+	out := admissionv1.AdmissionReview{TypeMeta: in.TypeMeta, Response: resp}
+	w.Header().Set("Content-Type", "application/json")
+	if err := json.NewEncoder(w).Encode(&out); err != nil {
+		h.log.WarnContext(r.Context(), "writing admission response failed", "error", err)
+	}
+}
+
+// review decides one request. A panic becomes a denial carrying the UID.
+func (h *Handler) review(ctx context.Context, req *admissionv1.AdmissionRequest) (resp *admissionv1.AdmissionResponse, outcome string) {
+	start := time.Now()
+	defer func() {
+		if v := recover(); v != nil {
+			h.log.ErrorContext(ctx, "panic while reviewing a pod", "uid", string(req.UID), "namespace", req.Namespace,
+				"panic_type", fmt.Sprintf("%T", v), "stack", string(debug.Stack()))
+			resp = deny(req, http.StatusInternalServerError, "piggy: internal error while mutating the pod; see the admission-gateway logs")
+			outcome = "error"
+		}
+	}()
+
+	if req.Kind.Group != "" || req.Kind.Kind != "Pod" || req.Operation != admissionv1.Create || req.SubResource != "" {
+		return &admissionv1.AdmissionResponse{UID: req.UID, Allowed: true}, "skipped"
+	}
+	var pod corev1.Pod
+	if err := json.Unmarshal(req.Object.Raw, &pod); err != nil {
+		return deny(req, http.StatusBadRequest, "piggy: cannot decode the pod: "+err.Error()), "denied"
+	}
+	ns := req.Namespace
+	if ns == "" {
+		ns = pod.Namespace
+	}
+	res := h.mutator.Mutate(ctx, &pod, ns)
+	if res.Denied != "" {
+		h.log.InfoContext(ctx, "Pod denied", append(podFields(&pod, ns), "reason", res.Denied)...)
+		r := deny(req, http.StatusForbidden, res.Denied)
+		r.Warnings = res.Warnings
+		return r, "denied"
+	}
+	resp = &admissionv1.AdmissionResponse{UID: req.UID, Allowed: true, Warnings: res.Warnings}
+	if len(res.Patch) == 0 {
+		return resp, "unchanged"
+	}
+	patch, err := json.Marshal(res.Patch)
+	if err != nil {
+		return deny(req, http.StatusInternalServerError, "piggy: cannot encode the patch: "+err.Error()), "error"
+	}
+	pt := admissionv1.PatchTypeJSONPatch
+	resp.Patch, resp.PatchType = patch, &pt
+	took := time.Since(start).Round(time.Microsecond)
+	if owner := controller(&pod); pod.Name == "" && owner != nil {
+		h.log.InfoContext(ctx, fmt.Sprintf("Pod of %s '%s' has been mutated (took %s)", owner.Kind, owner.Name, took),
+			"namespace", ns, "owner", owner.Name, "containers", res.Mutated)
+	} else {
+		h.log.InfoContext(ctx, fmt.Sprintf("Pod '%s' has been mutated (took %s)", podName(&pod), took),
+			"namespace", ns, "pod_name", podName(&pod), "containers", res.Mutated)
+	}
+	return resp, "mutated"
+}
+
+func deny(req *admissionv1.AdmissionRequest, code int32, msg string) *admissionv1.AdmissionResponse {
+	reason := metav1.StatusReasonForbidden
+	switch code {
+	case http.StatusBadRequest:
+		reason = metav1.StatusReasonBadRequest
+	case http.StatusInternalServerError:
+		reason = metav1.StatusReasonInternalError
+	}
+	return &admissionv1.AdmissionResponse{
+		UID:     req.UID,
+		Allowed: false,
+		Result:  &metav1.Status{Status: metav1.StatusFailure, Code: code, Reason: reason, Message: msg},
+	}
+}
+
+func podName(p *corev1.Pod) string {
+	if p.Name != "" {
+		return p.Name
+	}
+	return p.GenerateName
+}
+
+func podFields(p *corev1.Pod, ns string) []any {
+	if owner := controller(p); p.Name == "" && owner != nil {
+		return []any{"namespace", ns, "owner", owner.Name, "owner_kind", owner.Kind}
+	}
+	return []any{"namespace", ns, "pod_name", podName(p)}
+}
+
+func controller(p *corev1.Pod) *metav1.OwnerReference {
+	for i := range p.OwnerReferences {
+		if o := &p.OwnerReferences[i]; o.Controller != nil && *o.Controller {
+			return o
+		}
+	}
+	if len(p.OwnerReferences) > 0 {
+		return &p.OwnerReferences[0]
+	}
+	return nil
+}
