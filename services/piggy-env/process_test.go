@@ -551,6 +551,27 @@ func TestProcessRetriesThenSucceeds(t *testing.T) {
 	t.Errorf("no success line; logs: %v", res.messages())
 }
 
+func TestProcessInitialDelayResolverAndSkipVerify(t *testing.T) {
+	t.Parallel()
+	b := newFakeBroker(t, ok(map[string]string{"a": "1"}))
+	// localhost is not in the stand-in's certificate, so only
+	// PIGGY_SKIP_VERIFY_TLS lets this through; PIGGY_DNS_RESOLVER=tcp makes
+	// the pure Go resolver answer it.
+	addr := strings.Replace(b.srv.URL, "127.0.0.1", "localhost", 1)
+	env := append(proxyEnv(t, b, "A=piggy:a", "PIGGY_INITIAL_DELAY=300ms", "PIGGY_DNS_RESOLVER=tcp",
+		"PIGGY_SKIP_VERIFY_TLS=true", "PIGGY_CA_FILE=/nonexistent/ca.crt"), "PIGGY_ADDRESS="+addr)
+	res := runPiggyEnv(t, env, "--", "child")
+	if res.exitCode != 0 || res.child == nil {
+		t.Fatalf("exit %d; stderr:\n%s", res.exitCode, res.stderr)
+	}
+	if res.elapsed < 300*time.Millisecond {
+		t.Errorf("took %v, less than the initial delay", res.elapsed)
+	}
+	if diff := cmp.Diff([]string{"A=1"}, envWith(res.child.Env, "A=")); diff != "" {
+		t.Errorf("child env mismatch (-want +got):\n%s", diff)
+	}
+}
+
 func TestProcessIgnoreNoEnv(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
@@ -714,13 +735,14 @@ func TestProcessHelp(t *testing.T) {
 
 // BenchmarkStartToExec measures piggy-env from process start to the
 // application's exit (the application exits at once) against the local TLS
-// broker stand-in, one key fetched. It reports the median, which is less
-// noisy than the mean for process start-up.
+// broker stand-in: the application alone (the floor), piggy-env without
+// references (no network) and piggy-env fetching one key over TLS. It reports
+// the median, which is less noisy than the mean for process start-up.
 func BenchmarkStartToExec(b *testing.B) {
 	for _, bc := range []struct {
 		name string
 		refs bool
-	}{{"no-references", false}, {"proxy-one-key", true}} {
+	}{{"child-alone", false}, {"no-references", false}, {"proxy-one-key", true}} {
 		b.Run(bc.name, func(b *testing.B) {
 			broker := newFakeBroker(b, ok(map[string]string{"a": "1"}))
 			env := []string{
@@ -733,6 +755,9 @@ func BenchmarkStartToExec(b *testing.B) {
 			var durations []time.Duration
 			for b.Loop() {
 				cmd := exec.Command(piggyEnvBin, "--", childBin)
+				if bc.name == "child-alone" {
+					cmd = exec.Command(childBin) // the floor: starting the application itself
+				}
 				cmd.Env = env
 				start := time.Now()
 				if out, err := cmd.CombinedOutput(); err != nil {
