@@ -9,6 +9,7 @@ require (
 	github.com/aws/aws-sdk-go-v2/service/ssm v1.82.1
 	github.com/aws/aws-sdk-go-v2/service/sts v1.52.0
 	github.com/aws/smithy-go v1.28.9
+	github.com/google/go-cmp v0.7.0
 )
 
 require (
@@ -17,5 +18,10 @@ require (
 	github.com/aws/aws-sdk-go-v2/internal/v4a v1.5.12 // indirect
 	github.com/aws/aws-sdk-go-v2/service/internal/accept-encoding v1.13.25 // indirect
 	github.com/aws/aws-sdk-go-v2/service/internal/presigned-url v1.14.12 // indirect
-	github.com/google/go-cmp v0.7.0 // indirect
 )
+
+// libs is a test-only dependency (libs/awslocal in standalone_process_test.go);
+// the piggy-env binary never links it.
+require github.com/piggysec/piggy/libs v0.0.0
+
+replace github.com/piggysec/piggy/libs => ../../libs

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"crypto/sha256"
+	"debug/buildinfo"
 	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
@@ -711,6 +712,26 @@ func TestProcessInstall(t *testing.T) {
 	missing := runPiggyEnv(t, nil, "install", filepath.Join(t.TempDir(), "absent"))
 	if missing.exitCode == 0 || !strings.Contains(missing.lastError(t), "no such file or directory") {
 		t.Errorf("missing dir: exit %d, stderr:\n%s", missing.exitCode, missing.stderr)
+	}
+}
+
+// TestBinaryDependencies keeps the binary small and its attack surface
+// narrow: the standard library and the AWS SDK only (no gRPC, client-go,
+// OpenTelemetry or Piggy libs), built without cgo.
+func TestBinaryDependencies(t *testing.T) {
+	info, err := buildinfo.ReadFile(piggyEnvBin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, dep := range info.Deps {
+		if !strings.HasPrefix(dep.Path, "github.com/aws/") {
+			t.Errorf("piggy-env links %s %s", dep.Path, dep.Version)
+		}
+	}
+	for _, s := range info.Settings {
+		if s.Key == "CGO_ENABLED" && s.Value != "0" {
+			t.Errorf("built with CGO_ENABLED=%s", s.Value)
+		}
 	}
 }
 

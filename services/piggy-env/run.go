@@ -159,13 +159,16 @@ func (a *app) run(ctx context.Context, args, environ []string) error {
 // describe names unresolved references: DB_PASSWORD (key "db-password").
 func describe(unresolved []refs.Ref) string {
 	parts := make([]string, len(unresolved))
+	reserved := false
 	for i, r := range unresolved {
 		parts[i] = fmt.Sprintf("%s (key %q)", r.Name, r.Key)
-		if strings.HasPrefix(r.Key, refs.Reserved) {
-			parts[i] += " (PIGGY_* keys are never given to applications)"
-		}
+		reserved = reserved || strings.HasPrefix(r.Key, refs.Reserved)
 	}
-	return strings.Join(parts, ", ")
+	s := strings.Join(parts, ", ")
+	if reserved {
+		s += " [" + refs.Reserved + "* keys are never given to applications]"
+	}
+	return s
 }
 
 // fetch gets the values of keys from the broker or AWS, with the initial

@@ -63,7 +63,7 @@ func TestRunInProcess(t *testing.T) {
 			name:    "reserved key only: no fetch, unresolved",
 			args:    []string{"--", "sh"},
 			environ: []string{"PATH=/usr/bin:/bin", "SA=piggy:PIGGY_ALLOWED_SA"},
-			wantErr: `no value for SA (key "PIGGY_ALLOWED_SA") (PIGGY_* keys are never given to applications)`,
+			wantErr: `no value for SA (key "PIGGY_ALLOWED_SA") [PIGGY_* keys are never given to applications]`,
 		},
 		{
 			name:    "unknown flag",

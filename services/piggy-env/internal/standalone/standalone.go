@@ -179,6 +179,7 @@ func Retryable(err error) bool {
 
 // Fetch returns the values of keys that the source holds. Keys it does not
 // hold are absent from the map; reserved PIGGY_* keys are never returned.
+// Errors do not repeat the source: the caller names it (see Source.String).
 func (f *Fetcher) Fetch(ctx context.Context, keys []string) (map[string]string, error) {
 	want := make(map[string]bool, len(keys))
 	for _, k := range keys {
@@ -204,19 +205,15 @@ func (f *Fetcher) fetchSecret(ctx context.Context, want map[string]bool) (map[st
 	}
 	out, err := f.sm.GetSecretValue(ctx, in)
 	if err != nil {
-		return nil, fmt.Errorf("read %s: %w", f.source, err)
+		return nil, err // the SDK's message names the operation and the AWS error
 	}
 	if out.SecretString == nil {
 		if out.SecretBinary != nil {
-			return nil, fmt.Errorf("%s holds a binary value; piggy-env needs a JSON object in SecretString", f.source)
+			return nil, errors.New("the secret holds a binary value; piggy-env needs a JSON object in SecretString")
 		}
-		return nil, fmt.Errorf("%s has no SecretString", f.source)
+		return nil, errors.New("the secret has no SecretString")
 	}
-	values, err := DecodeSecretString(*out.SecretString, want)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", f.source, err)
-	}
-	return values, nil
+	return DecodeSecretString(*out.SecretString, want)
 }
 
 func (f *Fetcher) fetchSSM(ctx context.Context, want map[string]bool) (map[string]string, error) {
@@ -230,7 +227,7 @@ func (f *Fetcher) fetchSSM(ctx context.Context, want map[string]bool) (map[strin
 	for p.HasMorePages() {
 		page, err := p.NextPage(ctx)
 		if err != nil {
-			return nil, fmt.Errorf("read %s: %w", f.source, err)
+			return nil, err
 		}
 		for _, param := range page.Parameters {
 			name := aws.ToString(param.Name)
@@ -239,7 +236,7 @@ func (f *Fetcher) fetchSSM(ctx context.Context, want map[string]bool) (map[strin
 				continue
 			}
 			if prev, dup := names[key]; dup {
-				return nil, fmt.Errorf("%s: parameters %q and %q both provide key %q", f.source, prev, name, key)
+				return nil, fmt.Errorf("parameters %q and %q both provide key %q", prev, name, key)
 			}
 			names[key] = name
 			values[key] = aws.ToString(param.Value)
