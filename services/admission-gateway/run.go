@@ -2,12 +2,26 @@ package main
 
 import (
 	"context"
+	"fmt"
+	"net"
 	"os"
 
+	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+
+	imageresolverv1 "github.com/piggysec/piggy/libs/gen/piggy/imageresolver/v1"
 	"github.com/piggysec/piggy/libs/daemon"
 	"github.com/piggysec/piggy/libs/flagenv"
 	"github.com/piggysec/piggy/libs/serve"
 	"github.com/piggysec/piggy/services/admission-gateway/internal/config"
+	"github.com/piggysec/piggy/services/admission-gateway/internal/kubeenv"
+	"github.com/piggysec/piggy/services/admission-gateway/internal/mutate"
+	"github.com/piggysec/piggy/services/admission-gateway/internal/resolverclient"
+	"github.com/piggysec/piggy/services/admission-gateway/internal/webhook"
 )
 
 // run wires the admission-gateway and serves until ctx ends.
@@ -16,9 +30,31 @@ func run(ctx context.Context, args []string, lookup flagenv.Lookup) error {
 	if err != nil {
 		return err
 	}
+	kube, err := kubeClient(cfg.Kubeconfig)
+	if err != nil {
+		return err
+	}
 	d, err := daemon.New(ctx, "admission-gateway", version, cfg.Settings, os.Stderr, lookup.Getenv)
 	if err != nil {
 		return err
+	}
+
+	var resolver mutate.ImageConfigResolver = unconfiguredResolver{}
+	if cfg.ImageResolverAddress != "" {
+		host, _, _ := net.SplitHostPort(cfg.ImageResolverAddress)
+		conn, err := grpc.NewClient(cfg.ImageResolverAddress,
+			grpc.WithTransportCredentials(credentials.NewTLS(d.TLS.ClientConfig(host))),
+			grpc.WithStatsHandler(otelgrpc.NewClientHandler()))
+		if err != nil {
+			return d.Abort(fmt.Errorf("image-resolver client: %w", err))
+		}
+		defer conn.Close()
+		resolver = resolverclient.New(imageresolverv1.NewImageResolverServiceClient(conn))
+	}
+	mutator := mutate.New(cfg.Mutation, resolver, kubeenv.New(kube))
+	hook, err := webhook.New(mutator, d.Log, d.Telemetry.MeterProvider.Meter("piggy/admission-gateway"))
+	if err != nil {
+		return d.Abort(err)
 	}
 
 	grpcServer, health, err := d.NewGRPCServer()
@@ -29,6 +65,7 @@ func run(ctx context.Context, args []string, lookup flagenv.Lookup) error {
 		return d.Abort(err)
 	}
 	mux := serve.Probes(d.Ready)
+	mux.Handle("/mutate", hook)
 	if err := d.ServeHTTPS("webhook", cfg.ListenAddress, mux); err != nil {
 		return d.Abort(err)
 	}
@@ -36,4 +73,30 @@ func run(ctx context.Context, args []string, lookup flagenv.Lookup) error {
 		return d.Abort(err)
 	}
 	return d.Wait()
+}
+
+// kubeClient builds a clientset from a kubeconfig file or the in-cluster
+// configuration.
+func kubeClient(kubeconfig string) (kubernetes.Interface, error) {
+	var (
+		rc  *rest.Config
+		err error
+	)
+	if kubeconfig != "" {
+		rc, err = clientcmd.BuildConfigFromFlags("", kubeconfig)
+	} else {
+		rc, err = rest.InClusterConfig()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes client (set --kubeconfig outside a cluster): %w", err)
+	}
+	rc.UserAgent = "piggy-admission-gateway/" + version
+	return kubernetes.NewForConfig(rc)
+}
+
+// unconfiguredResolver answers when no image-resolver address is set.
+type unconfiguredResolver struct{}
+
+func (unconfiguredResolver) Resolve(context.Context, mutate.ImageLookup) (mutate.ImageConfig, error) {
+	return mutate.ImageConfig{}, fmt.Errorf("no image-resolver is configured")
 }

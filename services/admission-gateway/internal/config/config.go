@@ -1,14 +1,27 @@
 // Package config loads the admission-gateway's settings from flags and
-// environment variables.
+// environment variables, and the cluster-wide pod defaults (one variable per
+// piggysec.com/ annotation, see podsettings).
 package config
 
 import (
+	"errors"
 	"flag"
+	"fmt"
 	"io"
+	"net"
+	"os"
+	"strings"
+	"time"
 
 	"github.com/piggysec/piggy/libs/daemon"
 	"github.com/piggysec/piggy/libs/flagenv"
+	"github.com/piggysec/piggy/services/admission-gateway/internal/mutate"
+	"github.com/piggysec/piggy/services/admission-gateway/internal/podsettings"
 )
+
+// DefaultEnvImage is the piggy-env image used when neither the
+// PIGGY_ENV_IMAGE default nor the pod annotation names one.
+const DefaultEnvImage = "ghcr.io/piggysec/piggy-env:latest"
 
 // Config is the admission-gateway's complete configuration.
 type Config struct {
@@ -17,22 +30,116 @@ type Config struct {
 	ListenAddress string
 	// GRPCAddress serves health, reflection and diagnostics over mTLS.
 	GRPCAddress string
+	// Kubeconfig is a kubeconfig file; empty uses the in-cluster config.
+	Kubeconfig string
+	// ImageResolverAddress is host:port of the image-resolver (mTLS).
+	ImageResolverAddress string
+	// Mutation holds the operator's mutation settings.
+	Mutation mutate.Config
 }
 
 // Load parses args and the environment (flag names upper-cased, "-" → "_").
 // Usage and errors of the flag package go to output.
 func Load(args []string, lookup flagenv.Lookup, output io.Writer) (Config, error) {
-	var c Config
+	var (
+		c              Config
+		allowed        string
+		locked         string
+		brokerCAFile   string
+		onResolveFail  string
+		installUID     int64
+		tokenAudience  string
+		tokenExpiry    time.Duration
+		resolveTimeout time.Duration
+		skipVerify     bool
+	)
 	fs := flag.NewFlagSet("admission-gateway", flag.ContinueOnError)
 	fs.SetOutput(output)
 	c.Settings.Register(fs)
 	fs.StringVar(&c.ListenAddress, "listen-address", ":8443", "HTTPS address of the webhook (/mutate, /healthz, /readyz)")
 	fs.StringVar(&c.GRPCAddress, "grpc-address", ":9443", "mTLS gRPC address for health, reflection and diagnostics")
+	fs.StringVar(&c.Kubeconfig, "kubeconfig", "", "kubeconfig file; empty uses the in-cluster configuration")
+	fs.StringVar(&c.ImageResolverAddress, "image-resolver-address", "", "host:port of the image-resolver (mTLS); empty denies pods whose containers need their image's command")
+	fs.DurationVar(&resolveTimeout, "image-resolver-timeout", 3*time.Second, "deadline of one image lookup; keep it well inside the webhook timeout")
+	fs.StringVar(&allowed, "allowed-piggy-addresses", "", "comma-separated broker URLs pods may use (an entry ending in * allows a prefix); defaults to PIGGY_ADDRESS")
+	fs.StringVar(&brokerCAFile, "broker-ca-file", "", "PEM CA bundle piggy-env verifies the broker with (delivered to pods); empty uses the system roots")
+	fs.BoolVar(&skipVerify, "piggy-env-skip-verify-tls", false, "let piggy-env skip verification of the broker's certificate (operator decision; not for production)")
+	fs.StringVar(&tokenAudience, "token-audience", "piggy", "audience of the projected service-account token piggy-env presents to the broker")
+	fs.DurationVar(&tokenExpiry, "token-expiration", 10*time.Minute, "lifetime of the projected token (at least 10m)")
+	fs.StringVar(&onResolveFail, "on-resolve-failure", string(mutate.DenyOnResolveFailure), "when an image's command cannot be read: deny the pod, or admit it unmutated with a warning")
+	fs.Int64Var(&installUID, "install-run-as-user", 65532, "UID of the install init container; -1 leaves it to the image and pod")
+	fs.StringVar(&locked, "locked-settings", "", "comma-separated annotation names (without prefix) whose cluster default pods cannot override")
 	if err := flagenv.Parse(fs, "", args, lookup); err != nil {
 		return Config{}, &daemon.UsageError{Err: err}
 	}
+
+	var errs []error
 	if err := c.Settings.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	defaults := podsettings.LoadDefaults(lookup.Getenv, splitList(locked))
+	m := mutate.Config{
+		Defaults:         defaults,
+		EnvImage:         DefaultEnvImage,
+		TokenAudience:    tokenAudience,
+		TokenExpiration:  tokenExpiry,
+		AllowedAddresses: splitList(allowed),
+		SkipVerifyTLS:    skipVerify,
+		OnResolveFailure: mutate.ResolveFailurePolicy(onResolveFail),
+		ResolveTimeout:   resolveTimeout,
+	}
+	if img := defaults.Values[podsettings.PiggyEnvImage]; img != "" {
+		m.EnvImage = img
+	}
+	if len(m.AllowedAddresses) == 0 {
+		if a := defaults.Values[podsettings.PiggyAddress]; a != "" {
+			m.AllowedAddresses = []string{a}
+		}
+	}
+	if installUID >= 0 {
+		m.InstallRunAsUser = &installUID
+	}
+	switch m.OnResolveFailure {
+	case mutate.DenyOnResolveFailure, mutate.AdmitOnResolveFailure:
+	default:
+		errs = append(errs, fmt.Errorf("--on-resolve-failure %q is not deny or admit", onResolveFail))
+	}
+	if tokenExpiry < 10*time.Minute {
+		errs = append(errs, fmt.Errorf("--token-expiration %s is below the Kubernetes minimum of 10m", tokenExpiry))
+	}
+	if tokenAudience == "" {
+		errs = append(errs, errors.New("--token-audience must not be empty"))
+	}
+	if resolveTimeout <= 0 {
+		errs = append(errs, errors.New("--image-resolver-timeout must be positive"))
+	}
+	if c.ImageResolverAddress != "" {
+		if _, _, err := net.SplitHostPort(c.ImageResolverAddress); err != nil {
+			errs = append(errs, fmt.Errorf("--image-resolver-address %q: %w", c.ImageResolverAddress, err))
+		}
+	}
+	if brokerCAFile != "" {
+		pem, err := os.ReadFile(brokerCAFile)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("--broker-ca-file: %w", err))
+		} else if !strings.Contains(string(pem), "BEGIN CERTIFICATE") {
+			errs = append(errs, fmt.Errorf("--broker-ca-file %s holds no PEM certificate", brokerCAFile))
+		}
+		m.BrokerCABundle = string(pem)
+	}
+	if err := errors.Join(errs...); err != nil {
 		return Config{}, &daemon.UsageError{Err: err}
 	}
+	c.Mutation = m
 	return c, nil
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
 }

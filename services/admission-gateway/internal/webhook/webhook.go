@@ -20,6 +20,7 @@ import (
 	admissionv1 "k8s.io/api/admission/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	kjson "sigs.k8s.io/json"
 
 	"github.com/piggysec/piggy/services/admission-gateway/internal/mutate"
 )
@@ -113,9 +114,19 @@ func (h *Handler) review(ctx context.Context, req *admissionv1.AdmissionRequest)
 	if req.Kind.Group != "" || req.Kind.Kind != "Pod" || req.Operation != admissionv1.Create || req.SubResource != "" {
 		return &admissionv1.AdmissionResponse{UID: req.UID, Allowed: true}, "skipped"
 	}
+	// Decode case-sensitively, as the API server does: the patch paths are
+	// case-sensitive, so "Spec" must not be read as "spec".
 	var pod corev1.Pod
-	if err := json.Unmarshal(req.Object.Raw, &pod); err != nil {
+	if err := kjson.UnmarshalCaseSensitivePreserveInts(req.Object.Raw, &pod); err != nil {
 		return deny(req, http.StatusBadRequest, "piggy: cannot decode the pod: "+err.Error()), "denied"
+	}
+	// The patch adds under /metadata; the API server always sends it, but
+	// a pod without it cannot be patched.
+	var top struct {
+		Metadata json.RawMessage `json:"metadata"`
+	}
+	if err := kjson.UnmarshalCaseSensitivePreserveInts(req.Object.Raw, &top); err != nil || len(top.Metadata) == 0 || string(top.Metadata) == "null" {
+		return deny(req, http.StatusBadRequest, "piggy: the pod has no metadata"), "denied"
 	}
 	ns := req.Namespace
 	if ns == "" {
