@@ -16,7 +16,7 @@ import (
 	"github.com/piggysec/piggy/libs/daemon"
 	"github.com/piggysec/piggy/libs/flagenv"
 	"github.com/piggysec/piggy/services/admission-gateway/internal/mutate"
-	"github.com/piggysec/piggy/services/admission-gateway/internal/podsettings"
+	"github.com/piggysec/piggy/libs/podsettings"
 )
 
 // DefaultEnvImage is the piggy-env image used when neither the

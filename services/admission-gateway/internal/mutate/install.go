@@ -4,7 +4,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 
-	"github.com/piggysec/piggy/services/admission-gateway/internal/podsettings"
+	"github.com/piggysec/piggy/libs/podsettings"
 )
 
 // installContainer is the init container that copies piggy-env (and the

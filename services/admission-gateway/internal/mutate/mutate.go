@@ -13,7 +13,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/piggysec/piggy/libs/podidentity"
-	"github.com/piggysec/piggy/services/admission-gateway/internal/podsettings"
+	"github.com/piggysec/piggy/libs/podsettings"
 )
 
 // Names and paths of what Piggy adds to a pod.

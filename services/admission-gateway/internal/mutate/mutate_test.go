@@ -17,7 +17,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/piggysec/piggy/libs/podidentity"
-	"github.com/piggysec/piggy/services/admission-gateway/internal/podsettings"
+	"github.com/piggysec/piggy/libs/podsettings"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden patch files")

@@ -18,7 +18,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/piggysec/piggy/services/admission-gateway/internal/mutate"
-	"github.com/piggysec/piggy/services/admission-gateway/internal/podsettings"
+	"github.com/piggysec/piggy/libs/podsettings"
 )
 
 const broker = "https://broker.piggy.svc:8443"

@@ -6,6 +6,9 @@
 // "-" → "_" (aws-region → AWS_REGION). Values that do not parse are never
 // read as false: they fall back to the safe default with a warning, or deny
 // the pod when guessing would change what the pod runs or weaken security.
+//
+// The admission-gateway and the secret-broker read the same annotations
+// through this package, so both apply the same defaults and locks.
 package podsettings
 
 import (
