@@ -1,0 +1,93 @@
+package podsettings
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestReadDefaultsAndOverrides(t *testing.T) {
+	env := map[string]string{
+		"AWS_REGION":                       "eu-west-1",
+		"PIGGY_ADDRESS":                    "https://broker:8443",
+		"PIGGY_NUMBER_OF_RETRY":            "2",
+		"PIGGY_DEFAULT_SECRET_NAME_PREFIX": "prod/",
+		"PIGGY_ENFORCE_INTEGRITY":          "false",
+	}
+	d := LoadDefaults(func(k string) string { return env[k] }, []string{"piggysec.com/piggy-default-secret-name-prefix", " "})
+	res := Read(map[string]string{
+		Prefix + AWSRegion:               "us-east-2",
+		Prefix + DefaultSecretNamePrefix: "mine/",
+		Prefix + InitialDelay:            "2s",
+		"unrelated/annotation":           "x",
+	}, d)
+	s := res.Settings
+	if s.Region != "us-east-2" || s.Address != "https://broker:8443" || s.NumberOfRetry != 2 || s.InitialDelay != 2*time.Second {
+		t.Errorf("settings = %+v", s)
+	}
+	if s.SecretNamePrefix != "prod/" {
+		t.Errorf("locked prefix overridden: %q", s.SecretNamePrefix)
+	}
+	if s.EnforceIntegrity {
+		t.Error("cluster default enforce-integrity=false not applied")
+	}
+	if got := s.DefaultSecretName("team", "api"); got != "prod/team/api" {
+		t.Errorf("DefaultSecretName = %q", got)
+	}
+	if len(res.Warnings) != 1 || !strings.Contains(res.Warnings[0], "set by the cluster operator") {
+		t.Errorf("warnings = %q", res.Warnings)
+	}
+	if !s.Configured() {
+		t.Error("Configured() = false with a default address")
+	}
+}
+
+func TestReadBadValues(t *testing.T) {
+	tests := []struct {
+		annotation, value string
+		wantWarning       string
+		wantDenied        string
+	}{
+		{PSPAllowPrivilegeEscalation, "sure", `"sure" is not a boolean`, ""},
+		{EnforceIntegrity, "flase", `"flase" is not a boolean (true or false); using true`, ""},
+		{Standalone, "maybe", "", `"maybe" is not a boolean`},
+		{InitialDelay, "soon", "not a non-negative duration", ""},
+		{InitialDelay, "-1s", "not a non-negative duration", ""},
+		{NumberOfRetry, "-1", "not a non-negative number", ""},
+		{PiggyEnvResourceCPULimit, "lots", "not a resource quantity", ""},
+		{PiggyEnvImagePullPolicy, "Sometimes", "using IfNotPresent", ""},
+		{DNSResolver, "carrier-pigeon", "not a Go resolver network", ""},
+		{AWSSSMParameterPath, "relative/path", "", "must start with /"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.annotation+"="+tt.value, func(t *testing.T) {
+			res := Read(map[string]string{Prefix + tt.annotation: tt.value}, Defaults{})
+			warnings := strings.Join(res.Warnings, "\n")
+			if tt.wantWarning != "" && !strings.Contains(warnings, tt.wantWarning) {
+				t.Errorf("warnings %q lack %q", warnings, tt.wantWarning)
+			}
+			if tt.wantDenied != "" && !strings.Contains(res.Denied, tt.wantDenied) {
+				t.Errorf("denied %q lacks %q", res.Denied, tt.wantDenied)
+			}
+			if tt.wantDenied == "" && res.Denied != "" {
+				t.Errorf("unexpected denial %q", res.Denied)
+			}
+		})
+	}
+	if s := Read(map[string]string{Prefix + EnforceIntegrity: "flase"}, Defaults{}).Settings; !s.EnforceIntegrity {
+		t.Error("an unparsable enforce-integrity weakened security")
+	}
+}
+
+func TestEnvName(t *testing.T) {
+	for annotation, want := range map[string]string{
+		AWSRegion:     "AWS_REGION",
+		PiggyAddress:  "PIGGY_ADDRESS",
+		PiggyEnvImage: "PIGGY_ENV_IMAGE",
+		Debug:         "DEBUG",
+	} {
+		if got := EnvName(annotation); got != want {
+			t.Errorf("EnvName(%q) = %q, want %q", annotation, got, want)
+		}
+	}
+}
