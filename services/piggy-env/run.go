@@ -91,7 +91,10 @@ Values that do not parse are errors.
 // usageError is a command line mistake; its message ends with a hint.
 type usageError struct{ msg string }
 
+// Error implements error.
 func (e *usageError) Error() string { return e.msg + " (see piggy-env --help)" }
+
+// ExitCode is 2, the usual exit code for command line mistakes.
 func (e *usageError) ExitCode() int { return 2 }
 
 func (a *app) run(ctx context.Context, args, environ []string) error {
