@@ -2,11 +2,25 @@ package main
 
 import (
 	"context"
+	"crypto/x509"
+	"fmt"
+	"log/slog"
+	"net/http"
 	"os"
+
+	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/piggysec/piggy/libs/daemon"
 	"github.com/piggysec/piggy/libs/flagenv"
+	imageresolverv1 "github.com/piggysec/piggy/libs/gen/piggy/imageresolver/v1"
 	"github.com/piggysec/piggy/services/image-resolver/internal/config"
+	"github.com/piggysec/piggy/services/image-resolver/internal/grpcapi"
+	"github.com/piggysec/piggy/services/image-resolver/internal/keychain"
+	"github.com/piggysec/piggy/services/image-resolver/internal/resolve"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 )
 
 // run wires the image-resolver and serves until ctx ends.
@@ -19,10 +33,37 @@ func run(ctx context.Context, args []string, lookup flagenv.Lookup) error {
 	if err != nil {
 		return err
 	}
+	kube, err := kubeClient(ctx, cfg, lookup, d.Log)
+	if err != nil {
+		return d.Abort(err)
+	}
+	roots, err := registryRoots(cfg.RegistryCAFile)
+	if err != nil {
+		return d.Abort(err)
+	}
+	resolver, err := resolve.New(resolve.Options{
+		Keychain:           keychain.New(kube),
+		DefaultPlatform:    cfg.DefaultPlatform,
+		InsecureRegistries: cfg.InsecureRegistries,
+		RootCAs:            roots,
+		Timeout:            cfg.RegistryTimeout,
+		ConfigCacheSize:    cfg.ConfigCacheSize,
+		TagCacheSize:       cfg.TagCacheSize,
+		TagTTL:             cfg.TagTTL,
+		NegativeTTL:        cfg.NegativeTTL,
+		UserAgent:          "piggy-image-resolver/" + version,
+		Logger:             d.Log,
+		MeterProvider:      d.Telemetry.MeterProvider,
+	})
+	if err != nil {
+		return d.Abort(err)
+	}
 	grpcServer, health, err := d.NewGRPCServer()
 	if err != nil {
 		return d.Abort(err)
 	}
+	grpcapi.New(resolver, d.Log).Register(grpcServer)
+	health.SetServingStatus(imageresolverv1.ImageResolverService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
 	if err := d.ServeGRPC("grpc", cfg.GRPCAddress, grpcServer, health); err != nil {
 		return d.Abort(err)
 	}
@@ -30,4 +71,62 @@ func run(ctx context.Context, args []string, lookup flagenv.Lookup) error {
 		return d.Abort(err)
 	}
 	return d.Wait()
+}
+
+// kubeClient returns the Kubernetes reads the keychain needs, or nil when
+// the resolver runs without Kubernetes.
+func kubeClient(ctx context.Context, cfg config.Config, lookup flagenv.Lookup, log *slog.Logger) (keychain.Kube, error) {
+	if cfg.Kubernetes == config.KubernetesOff {
+		log.InfoContext(ctx, "Kubernetes access is off: pull secrets are not read, lookups are anonymous")
+		return nil, nil
+	}
+	var (
+		rc  *rest.Config
+		err error
+	)
+	switch {
+	case cfg.Kubeconfig != "":
+		rc, err = clientcmd.BuildConfigFromFlags("", cfg.Kubeconfig)
+		if err != nil {
+			return nil, fmt.Errorf("kubeconfig %s: %w", cfg.Kubeconfig, err)
+		}
+	default:
+		if _, inCluster := lookup("KUBERNETES_SERVICE_HOST"); !inCluster && cfg.Kubernetes == config.KubernetesAuto {
+			log.WarnContext(ctx, "no kubeconfig and not running in a pod: pull secrets are not read, lookups are anonymous (set --kubernetes=off to silence)")
+			return nil, nil
+		}
+		rc, err = rest.InClusterConfig()
+		if err != nil {
+			return nil, fmt.Errorf("kubernetes in-cluster configuration: %w", err)
+		}
+	}
+	rc.QPS, rc.Burst = 50, 100
+	rc.Timeout = cfg.RegistryTimeout
+	rc.UserAgent = "piggy-image-resolver/" + version
+	rc.Wrap(func(rt http.RoundTripper) http.RoundTripper { return otelhttp.NewTransport(rt) })
+	cs, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes client: %w", err)
+	}
+	log.InfoContext(ctx, "reading pull secrets from Kubernetes", "host", rc.Host)
+	return cs.CoreV1(), nil
+}
+
+// registryRoots returns the system roots plus the PEM bundle in file.
+func registryRoots(file string) (*x509.CertPool, error) {
+	pool, err := x509.SystemCertPool()
+	if err != nil {
+		pool = x509.NewCertPool()
+	}
+	if file == "" {
+		return pool, nil
+	}
+	pem, err := os.ReadFile(file)
+	if err != nil {
+		return nil, fmt.Errorf("registry CA file: %w", err)
+	}
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("registry CA file %s holds no PEM certificate", file)
+	}
+	return pool, nil
 }

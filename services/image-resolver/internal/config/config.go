@@ -3,11 +3,27 @@
 package config
 
 import (
+	"errors"
 	"flag"
+	"fmt"
 	"io"
+	"strings"
+	"time"
 
 	"github.com/piggysec/piggy/libs/daemon"
 	"github.com/piggysec/piggy/libs/flagenv"
+	"github.com/piggysec/piggy/services/image-resolver/internal/resolve"
+)
+
+// Kubernetes access modes (--kubernetes).
+const (
+	// KubernetesAuto uses --kubeconfig when set, else the in-cluster
+	// configuration when running in a pod, else runs without Kubernetes.
+	KubernetesAuto = "auto"
+	// KubernetesOn requires --kubeconfig or the in-cluster configuration.
+	KubernetesOn = "on"
+	// KubernetesOff never reads pull secrets (local use): lookups are anonymous.
+	KubernetesOff = "off"
 )
 
 // Config is the image-resolver's complete configuration.
@@ -15,20 +31,97 @@ type Config struct {
 	daemon.Settings
 	// GRPCAddress serves ImageResolverService, health and reflection over mTLS.
 	GRPCAddress string
+
+	// DefaultPlatform fills the platform fields a request leaves empty.
+	DefaultPlatform resolve.Platform
+	// InsecureRegistries (host[:port]) may be reached without TLS
+	// verification or over plain HTTP when a request sets skip_tls_verify.
+	InsecureRegistries []string
+	// RegistryCAFile is a PEM bundle trusted for registries in addition to
+	// the system roots; empty for none.
+	RegistryCAFile string
+	// RegistryTimeout bounds the registry and Kubernetes calls of one lookup.
+	RegistryTimeout time.Duration
+	// ConfigCacheSize bounds the digest → image config cache.
+	ConfigCacheSize int
+	// TagCacheSize bounds the tag → digest cache.
+	TagCacheSize int
+	// TagTTL is how long a resolved tag is reused.
+	TagTTL time.Duration
+	// NegativeTTL is how long a failed lookup is reused.
+	NegativeTTL time.Duration
+	// Kubernetes is auto, on or off.
+	Kubernetes string
+	// Kubeconfig is a kubeconfig file; empty uses the in-cluster configuration.
+	Kubeconfig string
 }
 
 // Load parses args and the environment (flag names upper-cased, "-" → "_").
 // Usage and errors of the flag package go to output.
 func Load(args []string, lookup flagenv.Lookup, output io.Writer) (Config, error) {
-	var c Config
+	var (
+		c        Config
+		platform string
+		insecure string
+	)
 	fs := flag.NewFlagSet("image-resolver", flag.ContinueOnError)
 	fs.SetOutput(output)
 	c.Settings.Register(fs)
 	fs.StringVar(&c.GRPCAddress, "grpc-address", ":9443", "mTLS gRPC address of ImageResolverService, health and reflection")
+	fs.StringVar(&platform, "default-platform", "linux/amd64", "platform (os/architecture[/variant]) used for the fields a request leaves empty")
+	fs.StringVar(&insecure, "insecure-registries", "", "comma-separated host[:port] list of registries a request with skip_tls_verify may reach without TLS verification or over plain HTTP")
+	fs.StringVar(&c.RegistryCAFile, "registry-ca-file", "", "PEM CA bundle trusted for registry TLS in addition to the system roots (read at start)")
+	fs.DurationVar(&c.RegistryTimeout, "registry-timeout", 4*time.Second, "bound on the registry and Kubernetes calls of one lookup")
+	fs.IntVar(&c.ConfigCacheSize, "config-cache-size", 2048, "maximum number of image configs cached by digest (LRU)")
+	fs.IntVar(&c.TagCacheSize, "tag-cache-size", 4096, "maximum number of tag → digest entries cached (LRU)")
+	fs.DurationVar(&c.TagTTL, "tag-ttl", time.Minute, "how long a resolved tag is reused; 0 disables the tag cache")
+	fs.DurationVar(&c.NegativeTTL, "negative-ttl", 5*time.Second, "how long a failed lookup (not found, refused, unreachable) is reused for the same credentials; 0 disables")
+	fs.StringVar(&c.Kubernetes, "kubernetes", KubernetesAuto, "Kubernetes access for pull secrets: auto (kubeconfig, else in-cluster, else off with a warning), on, or off")
+	fs.StringVar(&c.Kubeconfig, "kubeconfig", "", "kubeconfig file; empty uses the in-cluster configuration")
 	if err := flagenv.Parse(fs, "", args, lookup); err != nil {
 		return Config{}, &daemon.UsageError{Err: err}
 	}
+	var errs []error
 	if err := c.Settings.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	p, err := resolve.ParsePlatform(platform)
+	if err != nil {
+		errs = append(errs, fmt.Errorf("--default-platform: %w", err))
+	}
+	c.DefaultPlatform = p
+	for _, h := range strings.Split(insecure, ",") {
+		if h = strings.TrimSpace(h); h == "" {
+			continue
+		}
+		reg, err := resolve.NormalizeRegistry(h)
+		if err != nil || strings.Contains(h, "/") {
+			errs = append(errs, fmt.Errorf("--insecure-registries: %q is not a host[:port]", h))
+			continue
+		}
+		c.InsecureRegistries = append(c.InsecureRegistries, reg)
+	}
+	if c.RegistryTimeout <= 0 {
+		errs = append(errs, errors.New("--registry-timeout must be positive"))
+	}
+	if c.ConfigCacheSize < 1 {
+		errs = append(errs, errors.New("--config-cache-size must be at least 1"))
+	}
+	if c.TagCacheSize < 1 {
+		errs = append(errs, errors.New("--tag-cache-size must be at least 1"))
+	}
+	if c.TagTTL < 0 {
+		errs = append(errs, errors.New("--tag-ttl must not be negative"))
+	}
+	if c.NegativeTTL < 0 {
+		errs = append(errs, errors.New("--negative-ttl must not be negative"))
+	}
+	switch c.Kubernetes {
+	case KubernetesAuto, KubernetesOn, KubernetesOff:
+	default:
+		errs = append(errs, fmt.Errorf("--kubernetes %q is not auto, on or off", c.Kubernetes))
+	}
+	if err := errors.Join(errs...); err != nil {
 		return Config{}, &daemon.UsageError{Err: err}
 	}
 	return c, nil

@@ -1,0 +1,99 @@
+package grpcapi_test
+
+import (
+	"context"
+	"crypto/x509"
+	"net"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/kubernetes/fake"
+
+	imageresolverv1 "github.com/piggysec/piggy/libs/gen/piggy/imageresolver/v1"
+	"github.com/piggysec/piggy/libs/proctest"
+	"github.com/piggysec/piggy/libs/serve"
+	"github.com/piggysec/piggy/libs/tlsreload"
+	"github.com/piggysec/piggy/services/image-resolver/internal/grpcapi"
+	"github.com/piggysec/piggy/services/image-resolver/internal/keychain"
+	"github.com/piggysec/piggy/services/image-resolver/internal/registrytest"
+	"github.com/piggysec/piggy/services/image-resolver/internal/resolve"
+)
+
+// newResolver builds a resolver trusting roots, reading pull secrets from
+// a fake clientset holding objs (nil objs: Kubernetes off).
+func newResolver(t testing.TB, roots *x509.CertPool, objs []runtime.Object, mods ...func(*resolve.Options)) (*resolve.Resolver, *fake.Clientset) {
+	t.Helper()
+	var (
+		cs   *fake.Clientset
+		kube keychain.Kube
+	)
+	if objs != nil {
+		cs = fake.NewClientset(objs...)
+		kube = cs.CoreV1()
+	}
+	opts := resolve.Options{
+		Keychain:        keychain.New(kube),
+		DefaultPlatform: resolve.Platform{OS: "linux", Architecture: "amd64"},
+		RootCAs:         roots,
+		Timeout:         4 * time.Second,
+		ConfigCacheSize: 2048,
+		TagCacheSize:    4096,
+		TagTTL:          time.Minute,
+		NegativeTTL:     5 * time.Second,
+	}
+	for _, m := range mods {
+		m(&opts)
+	}
+	r, err := resolve.New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r, cs
+}
+
+// serveGRPC serves r over a real mTLS listener on loopback and returns a
+// client with a certificate of the same test CA.
+func serveGRPC(t testing.TB, r grpcapi.Resolver) imageresolverv1.ImageResolverServiceClient {
+	t.Helper()
+	pki := proctest.NewPKI(t)
+	src, err := tlsreload.Load(pki.Service)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, h, err := serve.NewGRPCServer(serve.GRPCOptions{TLS: src.ServerConfig(true)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	grpcapi.New(r, nil).Register(s)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- serve.GRPC(ctx, s, h, ln, time.Second) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("grpc server: %v", err)
+		}
+	})
+	conn, err := grpc.NewClient(ln.Addr().String(), grpc.WithTransportCredentials(credentials.NewTLS(pki.Client.ClientConfig("127.0.0.1"))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return imageresolverv1.NewImageResolverServiceClient(conn)
+}
+
+// pool trusts the certificates of regs.
+func pool(regs ...*registrytest.Registry) *x509.CertPool {
+	p := x509.NewCertPool()
+	for _, r := range regs {
+		p.AddCert(r.Server.Certificate())
+	}
+	return p
+}
