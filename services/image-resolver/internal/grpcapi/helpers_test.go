@@ -58,6 +58,18 @@ func newResolver(t testing.TB, roots *x509.CertPool, objs []runtime.Object, mods
 // client with a certificate of the same test CA.
 func serveGRPC(t testing.TB, r grpcapi.Resolver) imageresolverv1.ImageResolverServiceClient {
 	t.Helper()
+	addr, pki := startGRPC(t, r)
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(pki.Client.ClientConfig("127.0.0.1"))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return imageresolverv1.NewImageResolverServiceClient(conn)
+}
+
+// startGRPC serves r with mTLS on a loopback port until the test ends.
+func startGRPC(t testing.TB, r grpcapi.Resolver) (string, *proctest.PKI) {
+	t.Helper()
 	pki := proctest.NewPKI(t)
 	src, err := tlsreload.Load(pki.Service)
 	if err != nil {
@@ -81,12 +93,7 @@ func serveGRPC(t testing.TB, r grpcapi.Resolver) imageresolverv1.ImageResolverSe
 			t.Errorf("grpc server: %v", err)
 		}
 	})
-	conn, err := grpc.NewClient(ln.Addr().String(), grpc.WithTransportCredentials(credentials.NewTLS(pki.Client.ClientConfig("127.0.0.1"))))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	return imageresolverv1.NewImageResolverServiceClient(conn)
+	return ln.Addr().String(), pki
 }
 
 // pool trusts the certificates of regs.

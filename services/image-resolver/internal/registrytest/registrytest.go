@@ -86,10 +86,12 @@ func New(t testing.TB, opts Options) *Registry {
 		}
 		h.ServeHTTP(w, req)
 	})
+	r.Server = httptest.NewUnstartedServer(handler)
+	r.Server.Config.ErrorLog = log.New(io.Discard, "", 0) // refused handshakes are expected
 	if opts.PlainHTTP {
-		r.Server = httptest.NewServer(handler)
+		r.Server.Start()
 	} else {
-		r.Server = httptest.NewTLSServer(handler)
+		r.Server.StartTLS()
 	}
 	t.Cleanup(r.Server.Close)
 	r.Host = strings.TrimPrefix(strings.TrimPrefix(r.Server.URL, "https://"), "http://")

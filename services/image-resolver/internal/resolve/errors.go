@@ -119,13 +119,9 @@ func classify(err error, image, registry string, timedOut bool, observed []error
 	if errors.As(err, &terr) {
 		return classifyHTTP(terr, image, registry)
 	}
-	for _, e := range append([]error{err}, observed...) {
-		if c := classifyTransport(e, registry); c != nil {
-			if c.Err == nil {
-				c.Err = err
-			}
-			return c
-		}
+	if c := classifyTransport(append([]error{err}, observed...), registry); c != nil {
+		c.Err = err
+		return c
 	}
 	return newError(ErrInternal, err, "read image %s from %s: unexpected error", image, registry)
 }
@@ -161,7 +157,11 @@ func classifyHTTP(terr *transport.Error, image, registry string) *Error {
 	}
 }
 
-func classifyTransport(err error, registry string) *Error {
+// classifyTransport looks for the most telling failure among errs: a TLS
+// verification failure, then an unreachable host, then a refused downgrade
+// to plain HTTP (go-containerregistry tries https and http in parallel for
+// loopback and private registries, so one lookup may see several).
+func classifyTransport(errs []error, registry string) *Error {
 	var (
 		dg       *downgradeError
 		unknown  x509.UnknownAuthorityError
@@ -171,13 +171,16 @@ func classifyTransport(err error, registry string) *Error {
 		netErr   net.Error
 		opErr    *net.OpError
 	)
+	found := func(match func(error) bool) bool { return slices.ContainsFunc(errs, match) }
 	switch {
-	case errors.As(err, &unknown), errors.As(err, &invalid), errors.As(err, &hostname), errors.As(err, &verify):
+	case found(func(e error) bool {
+		return errors.As(e, &unknown) || errors.As(e, &invalid) || errors.As(e, &hostname) || errors.As(e, &verify)
+	}):
 		return newError(ErrUnavailable, nil, "TLS verification of registry %s failed (trust its CA with --registry-ca-file, or list it in --insecure-registries and set skip_tls_verify)", registry)
-	case errors.As(err, &dg):
-		return newError(ErrUnavailable, nil, "registry %s: %s", registry, dg.Error())
-	case errors.As(err, &opErr), errors.As(err, &netErr):
+	case found(func(e error) bool { return !errors.As(e, &dg) && (errors.As(e, &opErr) || errors.As(e, &netErr)) }):
 		return newError(ErrUnavailable, nil, "registry %s is unreachable", registry)
+	case found(func(e error) bool { return errors.As(e, &dg) }):
+		return newError(ErrUnavailable, nil, "registry %s: %s", registry, dg.Error())
 	}
 	return nil
 }
