@@ -1,0 +1,80 @@
+package config
+
+import (
+	"io"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/piggysec/piggy/services/image-resolver/internal/resolve"
+)
+
+func TestLoad(t *testing.T) {
+	tls := []string{"--tls-cert-file=c", "--tls-key-file=k", "--tls-ca-file=ca"}
+	tests := []struct {
+		name    string
+		args    []string
+		env     map[string]string
+		check   func(t *testing.T, c Config)
+		wantErr []string
+	}{
+		{
+			name: "defaults",
+			check: func(t *testing.T, c Config) {
+				got := []any{c.DefaultPlatform, c.InsecureRegistries, c.RegistryTimeout, c.ConfigCacheSize, c.TagCacheSize, c.TagTTL, c.NegativeTTL, c.Kubernetes, c.Kubeconfig}
+				want := []any{resolve.Platform{OS: "linux", Architecture: "amd64"}, []string(nil), 4 * time.Second, 2048, 4096, time.Minute, 5 * time.Second, "auto", ""}
+				if diff := cmp.Diff(want, got); diff != "" {
+					t.Errorf("defaults mismatch (-want +got):\n%s", diff)
+				}
+			},
+		},
+		{
+			name: "flags and environment",
+			args: []string{"--default-platform=linux/arm64/v8", "--insecure-registries= registry.local:5000 ,docker.io", "--tag-ttl=30s"},
+			env:  map[string]string{"REGISTRY_TIMEOUT": "2s", "KUBECONFIG": "/tmp/kc", "KUBERNETES": "on", "CONFIG_CACHE_SIZE": "10"},
+			check: func(t *testing.T, c Config) {
+				got := []any{c.DefaultPlatform, c.InsecureRegistries, c.RegistryTimeout, c.TagTTL, c.Kubeconfig, c.Kubernetes, c.ConfigCacheSize}
+				want := []any{resolve.Platform{OS: "linux", Architecture: "arm64", Variant: "v8"}, []string{"registry.local:5000", "index.docker.io"}, 2 * time.Second, 30 * time.Second, "/tmp/kc", "on", 10}
+				if diff := cmp.Diff(want, got); diff != "" {
+					t.Errorf("config mismatch (-want +got):\n%s", diff)
+				}
+			},
+		},
+		{
+			name: "invalid values are all reported",
+			args: []string{"--default-platform=linux", "--insecure-registries=https://x/y", "--registry-timeout=0s", "--config-cache-size=0", "--tag-ttl=-1s", "--kubernetes=maybe"},
+			wantErr: []string{
+				"--default-platform", "--insecure-registries", "--registry-timeout must be positive",
+				"--config-cache-size must be at least 1", "--tag-ttl must not be negative", `--kubernetes "maybe"`,
+			},
+		},
+		{
+			name:    "unparsable environment value",
+			env:     map[string]string{"NEGATIVE_TTL": "soon"},
+			wantErr: []string{`invalid value "soon" for NEGATIVE_TTL`},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			lookup := func(k string) (string, bool) { v, ok := tt.env[k]; return v, ok }
+			c, err := Load(append(append([]string{}, tls...), tt.args...), lookup, io.Discard)
+			if len(tt.wantErr) > 0 {
+				if err == nil {
+					t.Fatal("Load() = nil error")
+				}
+				for _, w := range tt.wantErr {
+					if !strings.Contains(err.Error(), w) {
+						t.Errorf("error %q does not mention %q", err, w)
+					}
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("Load() = %v", err)
+			}
+			tt.check(t, c)
+		})
+	}
+}
