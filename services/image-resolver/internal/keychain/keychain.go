@@ -63,6 +63,7 @@ type SecretRef struct {
 	Name string
 }
 
+// String formats the reference as namespace/name.
 func (r SecretRef) String() string { return r.Namespace + "/" + r.Name }
 
 // Request says whose credentials to gather.

@@ -51,6 +51,8 @@ type Error struct {
 	Err error
 }
 
+// Error returns the message and the cause, for server logs; clients get
+// Message only.
 func (e *Error) Error() string {
 	if e.Err != nil {
 		return e.Message + ": " + e.Err.Error()
@@ -104,6 +106,7 @@ func newError(kind error, cause error, format string, args ...any) *Error {
 // request the lookup may not make.
 type downgradeError struct{ host string }
 
+// Error describes the refused request.
 func (e *downgradeError) Error() string {
 	return "plain HTTP to " + e.host + " refused: registry TLS is required unless the registry is listed in --insecure-registries and the request sets skip_tls_verify"
 }

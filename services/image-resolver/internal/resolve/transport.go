@@ -41,6 +41,7 @@ type measured struct {
 	latency metric.Float64Histogram
 }
 
+// RoundTrip implements http.RoundTripper.
 func (m *measured) RoundTrip(req *http.Request) (*http.Response, error) {
 	start := time.Now()
 	resp, err := m.next.RoundTrip(req)
@@ -69,6 +70,7 @@ type lookupTransport struct {
 	errs     []error
 }
 
+// RoundTrip implements http.RoundTripper.
 func (t *lookupTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if req.URL.Scheme != "https" && (req.URL.Scheme != "http" || t.httpHost == "" || req.URL.Host != t.httpHost) {
 		err := &downgradeError{host: req.URL.Host}
