@@ -14,7 +14,7 @@ import (
 
 	imageresolverv1 "github.com/piggysec/piggy/libs/gen/piggy/imageresolver/v1"
 	"github.com/piggysec/piggy/libs/proctest"
-	"github.com/piggysec/piggy/services/image-resolver/internal/registrytest"
+	"github.com/piggysec/piggy/libs/registrytest"
 )
 
 // TestProcessResolvesAndExportsMetrics runs the real binary against an

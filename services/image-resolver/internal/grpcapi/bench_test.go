@@ -4,7 +4,7 @@ import (
 	"testing"
 
 	imageresolverv1 "github.com/piggysec/piggy/libs/gen/piggy/imageresolver/v1"
-	"github.com/piggysec/piggy/services/image-resolver/internal/registrytest"
+	"github.com/piggysec/piggy/libs/registrytest"
 )
 
 // BenchmarkResolveImageWarmGRPC is a warm lookup as the admission-gateway

@@ -12,7 +12,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 
 	imageresolverv1 "github.com/piggysec/piggy/libs/gen/piggy/imageresolver/v1"
-	"github.com/piggysec/piggy/services/image-resolver/internal/registrytest"
+	"github.com/piggysec/piggy/libs/registrytest"
 )
 
 const (

@@ -18,7 +18,7 @@ import (
 	"github.com/piggysec/piggy/libs/tlsreload"
 	"github.com/piggysec/piggy/services/image-resolver/internal/grpcapi"
 	"github.com/piggysec/piggy/services/image-resolver/internal/keychain"
-	"github.com/piggysec/piggy/services/image-resolver/internal/registrytest"
+	"github.com/piggysec/piggy/libs/registrytest"
 	"github.com/piggysec/piggy/services/image-resolver/internal/resolve"
 )
 

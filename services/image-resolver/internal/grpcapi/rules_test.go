@@ -19,7 +19,7 @@ import (
 
 	imageresolverv1 "github.com/piggysec/piggy/libs/gen/piggy/imageresolver/v1"
 	"github.com/piggysec/piggy/libs/proctest"
-	"github.com/piggysec/piggy/services/image-resolver/internal/registrytest"
+	"github.com/piggysec/piggy/libs/registrytest"
 	"github.com/piggysec/piggy/services/image-resolver/internal/resolve"
 )
 

@@ -15,7 +15,7 @@ import (
 	k8stesting "k8s.io/client-go/testing"
 
 	"github.com/piggysec/piggy/services/image-resolver/internal/keychain"
-	"github.com/piggysec/piggy/services/image-resolver/internal/registrytest"
+	"github.com/piggysec/piggy/libs/registrytest"
 )
 
 const reg = "registry.example.com"

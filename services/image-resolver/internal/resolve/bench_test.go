@@ -5,7 +5,7 @@ import (
 
 	"k8s.io/client-go/kubernetes/fake"
 
-	"github.com/piggysec/piggy/services/image-resolver/internal/registrytest"
+	"github.com/piggysec/piggy/libs/registrytest"
 	"github.com/piggysec/piggy/services/image-resolver/internal/resolve"
 )
 
