@@ -48,7 +48,7 @@ lint: $(BUF) ## go vet, gofmt, buf lint/format/breaking.
 
 .PHONY: kube-binaries
 kube-binaries: ## Build and cache kube-apiserver and etcd for the real-cluster tests (once per version).
-	go run ./libs/kubetest/cmd/kubetest-build
+	go run ./libs/kubetest/cmd/kubetest build
 
 .PHONY: test
 test: lint check-generate kube-binaries ## Everything CI runs: lint, generated-code check, every module's tests with -race.
