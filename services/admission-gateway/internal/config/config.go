@@ -15,8 +15,8 @@ import (
 
 	"github.com/piggysec/piggy/libs/daemon"
 	"github.com/piggysec/piggy/libs/flagenv"
-	"github.com/piggysec/piggy/services/admission-gateway/internal/mutate"
 	"github.com/piggysec/piggy/libs/podsettings"
+	"github.com/piggysec/piggy/services/admission-gateway/internal/mutate"
 )
 
 // DefaultEnvImage is the piggy-env image used when neither the

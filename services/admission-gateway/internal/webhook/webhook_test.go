@@ -17,8 +17,8 @@ import (
 	admissionv1 "k8s.io/api/admission/v1"
 	corev1 "k8s.io/api/core/v1"
 
-	"github.com/piggysec/piggy/services/admission-gateway/internal/mutate"
 	"github.com/piggysec/piggy/libs/podsettings"
+	"github.com/piggysec/piggy/services/admission-gateway/internal/mutate"
 )
 
 const broker = "https://broker.piggy.svc:8443"
