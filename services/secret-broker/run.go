@@ -4,11 +4,26 @@ import (
 	"context"
 	"os"
 
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	secretbrokerv1 "github.com/piggysec/piggy/libs/gen/piggy/secretbroker/v1"
 	"github.com/piggysec/piggy/libs/daemon"
 	"github.com/piggysec/piggy/libs/flagenv"
+	"github.com/piggysec/piggy/libs/podsettings"
 	"github.com/piggysec/piggy/libs/serve"
+	"github.com/piggysec/piggy/services/secret-broker/internal/authn"
+	"github.com/piggysec/piggy/services/secret-broker/internal/awssecrets"
+	"github.com/piggysec/piggy/services/secret-broker/internal/broker"
+	"github.com/piggysec/piggy/services/secret-broker/internal/cache"
 	"github.com/piggysec/piggy/services/secret-broker/internal/config"
+	"github.com/piggysec/piggy/services/secret-broker/internal/gateway"
+	"github.com/piggysec/piggy/services/secret-broker/internal/grpcapi"
+	"github.com/piggysec/piggy/services/secret-broker/internal/kubeclient"
+	"github.com/piggysec/piggy/services/secret-broker/internal/podcheck"
 )
+
+// instrumentationName names the broker's tracer and meter.
+const instrumentationName = "github.com/piggysec/piggy/services/secret-broker"
 
 // run wires the secret-broker and serves until ctx ends.
 func run(ctx context.Context, args []string, lookup flagenv.Lookup) error {
@@ -20,18 +35,110 @@ func run(ctx context.Context, args []string, lookup flagenv.Lookup) error {
 	if err != nil {
 		return err
 	}
-	grpcServer, health, err := d.NewGRPCServer()
-	if err != nil {
-		return d.Abort(err)
-	}
-	if err := d.ServeGRPC("grpc", cfg.GRPCAddress, grpcServer, health); err != nil {
-		return d.Abort(err)
-	}
-	if err := d.ServeHTTPS("gateway", cfg.ListenAddress, serve.Probes(d.Ready)); err != nil {
-		return d.Abort(err)
-	}
-	if err := d.ServeMetrics(); err != nil {
+	if err := wire(d, cfg); err != nil {
 		return d.Abort(err)
 	}
 	return d.Wait()
+}
+
+// wire builds the broker's parts and starts its servers in d.
+func wire(d *daemon.Daemon, cfg config.Config) error {
+	kubeclient.RouteKlog(d.Log)
+	tracer := d.Telemetry.TracerProvider.Tracer(instrumentationName)
+	meter := d.Telemetry.MeterProvider.Meter(instrumentationName)
+
+	kube, err := kubeclient.New(kubeclient.Options{
+		Kubeconfig: cfg.Kubeconfig, QPS: float32(cfg.KubeQPS), Burst: cfg.KubeBurst, UserAgent: "piggy-secret-broker/" + version,
+	})
+	if err != nil {
+		return err
+	}
+	awsCfg, clients, err := awssecrets.NewAWS(d.Context(), awssecrets.AWSOptions{
+		MaxAttempts: cfg.AWSMaxAttempts, MaxBackoff: cfg.AWSMaxBackoff, AttemptTimeout: cfg.AWSAttemptTimeout,
+	})
+	if err != nil {
+		return err
+	}
+	fetcher, err := awssecrets.NewFetcher(clients, awssecrets.FetcherOptions{Tracer: tracer, Meter: meter})
+	if err != nil {
+		return err
+	}
+	authenticator, err := authn.New(kube.AuthenticationV1().TokenReviews(), authn.Options{
+		Audience:     cfg.TokenAudience,
+		AllowUnbound: cfg.AllowUnboundTokens,
+		CacheTTL:     cfg.TokenCacheTTL,
+		CacheSize:    cfg.TokenCacheSize,
+		Timeout:      cfg.RequestTimeout,
+		Log:          d.Log,
+		Tracer:       tracer,
+		Meter:        meter,
+	})
+	if err != nil {
+		return err
+	}
+	if cfg.AllowUnboundTokens {
+		d.Log.Warn("--allow-unbound-tokens is on: tokens that are not bound to a pod are accepted; use it only while migrating")
+	}
+	pods, err := podcheck.NewPods(kube, podcheck.PodsOptions{Informer: cfg.PodInformer, Tracer: tracer, Meter: meter})
+	if err != nil {
+		return err
+	}
+	d.Go(pods.Start)
+	region := cfg.Defaults.Values[podsettings.AWSRegion]
+	if region == "" {
+		region = awsCfg.Region
+	}
+	b, err := broker.New(authenticator, podcheck.New(pods, cfg.Defaults), fetcher, pods, broker.Options{
+		Rules:          cfg.Rules,
+		Defaults:       cfg.Defaults,
+		DefaultRegion:  region,
+		Cache:          cache.Options{Capacity: cfg.SecretCacheSize, TTL: cfg.SecretCacheTTL, StaleIfError: cfg.StaleIfError},
+		RequestTimeout: cfg.RequestTimeout,
+		Log:            d.Log,
+		Tracer:         tracer,
+		Meter:          meter,
+	})
+	if err != nil {
+		return err
+	}
+
+	grpcServer, health, err := d.NewGRPCServer()
+	if err != nil {
+		return err
+	}
+	secretbrokerv1.RegisterSecretBrokerServiceServer(grpcServer, grpcapi.New(b))
+	health.SetServingStatus(secretbrokerv1.SecretBrokerService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+	// The gRPC listener is opened here rather than by d.ServeGRPC: the
+	// gateway needs its actual address to dial it.
+	grpcLn, err := serve.Listen(d.Context(), "grpc", cfg.GRPCAddress)
+	if err != nil {
+		return err
+	}
+	d.Log.Info("serving gRPC (mTLS)", "server", "grpc", "address", grpcLn.Addr().String())
+	d.Go(func(ctx context.Context) error { return serve.GRPC(ctx, grpcServer, health, grpcLn, cfg.ShutdownGrace) })
+
+	conn, err := gateway.Dial(gateway.LoopbackTarget(grpcLn.Addr()), d.TLS.ClientConfig(cfg.GatewayTLSServerName))
+	if err != nil {
+		return err
+	}
+	mux := serve.Probes(d.Ready)
+	if err := gateway.Register(d.Context(), mux, conn); err != nil {
+		_ = conn.Close()
+		return err
+	}
+	httpLn, err := serve.Listen(d.Context(), "gateway", cfg.ListenAddress)
+	if err != nil {
+		_ = conn.Close()
+		return err
+	}
+	srv := serve.NewHTTPServer(serve.HTTPOptions{Handler: mux, TLS: d.TLS.ServerConfig(false), Name: "gateway", Logger: d.Log})
+	d.Log.Info("serving HTTPS", "server", "gateway", "address", httpLn.Addr().String())
+	d.Go(func(ctx context.Context) error {
+		err := serve.HTTP(ctx, srv, httpLn, cfg.ShutdownGrace)
+		// Close the loopback connection only once in-flight gateway
+		// requests have drained.
+		_ = conn.Close()
+		return err
+	})
+	return d.ServeMetrics()
 }

@@ -1,13 +1,22 @@
 // Package config loads the secret-broker's settings from flags and
-// environment variables.
+// environment variables (each flag also reads the variable named like it,
+// upper-cased, "-" → "_"), and the cluster-wide pod defaults (one variable
+// per piggysec.com/ annotation, see podsettings) that the broker applies to
+// pods exactly as the admission-gateway does.
 package config
 
 import (
+	"errors"
 	"flag"
+	"fmt"
 	"io"
+	"strings"
+	"time"
 
 	"github.com/piggysec/piggy/libs/daemon"
 	"github.com/piggysec/piggy/libs/flagenv"
+	"github.com/piggysec/piggy/libs/podsettings"
+	"github.com/piggysec/piggy/services/secret-broker/internal/policy"
 )
 
 // Config is the secret-broker's complete configuration.
@@ -17,22 +26,174 @@ type Config struct {
 	ListenAddress string
 	// GRPCAddress serves SecretBrokerService, health and reflection over mTLS.
 	GRPCAddress string
+	// GatewayTLSServerName is the name the gateway verifies the broker's own
+	// gRPC certificate for on its loopback connection; empty verifies the
+	// chain against the CA bundle without a name check.
+	GatewayTLSServerName string
+
+	// Kubeconfig is a kubeconfig file; empty uses the in-cluster config.
+	Kubeconfig string
+	// KubeQPS and KubeBurst bound the broker's Kubernetes API request rate.
+	KubeQPS   float64
+	KubeBurst int
+	// PodInformer keeps a watch-fed cache of pods (needs list and watch).
+	PodInformer bool
+
+	// TokenAudience is the audience of the projected tokens.
+	TokenAudience string
+	// AllowUnboundTokens accepts tokens not bound to a pod (migration only).
+	AllowUnboundTokens bool
+	// TokenCacheTTL caps how long a TokenReview is cached (the token's own
+	// expiry caps it too); TokenCacheSize bounds the entries.
+	TokenCacheTTL  time.Duration
+	TokenCacheSize int
+
+	// SecretCacheTTL, SecretCacheSize and StaleIfError configure the cache
+	// of AWS reads.
+	SecretCacheTTL  time.Duration
+	SecretCacheSize int
+	StaleIfError    time.Duration
+	// RequestTimeout bounds one GetSecrets call, AWS retries included.
+	RequestTimeout time.Duration
+
+	// AWSMaxAttempts, AWSMaxBackoff and AWSAttemptTimeout configure the
+	// SDK's retryer and HTTP client.
+	AWSMaxAttempts    int
+	AWSMaxBackoff     time.Duration
+	AWSAttemptTimeout time.Duration
+
+	// Rules are the authorisation rules.
+	Rules policy.Rules
+	// Defaults are the cluster-wide pod settings and locks.
+	Defaults podsettings.Defaults
 }
 
-// Load parses args and the environment (flag names upper-cased, "-" → "_").
-// Usage and errors of the flag package go to output.
+// Load parses args and the environment. Usage and errors of the flag
+// package go to output.
 func Load(args []string, lookup flagenv.Lookup, output io.Writer) (Config, error) {
-	var c Config
+	var (
+		c          Config
+		smPolicy   string
+		ssmPolicy  string
+		lockedList string
+	)
 	fs := flag.NewFlagSet("secret-broker", flag.ContinueOnError)
 	fs.SetOutput(output)
 	c.Settings.Register(fs)
 	fs.StringVar(&c.ListenAddress, "listen-address", ":8443", "HTTPS address of the JSON gateway for piggy-env (/v1/secrets, /healthz, /readyz)")
 	fs.StringVar(&c.GRPCAddress, "grpc-address", ":9443", "mTLS gRPC address of SecretBrokerService, health and reflection")
+	fs.StringVar(&c.GatewayTLSServerName, "gateway-tls-server-name", "", "name the gateway verifies the broker's own certificate for on its loopback gRPC connection; empty checks the chain against --tls-ca-file only (the certificate needs client and server usages)")
+	fs.StringVar(&c.Kubeconfig, "kubeconfig", "", "kubeconfig file; empty uses the in-cluster configuration")
+	fs.Float64Var(&c.KubeQPS, "kube-api-qps", 50, "sustained Kubernetes API requests per second (TokenReviews and pod reads)")
+	fs.IntVar(&c.KubeBurst, "kube-api-burst", 100, "burst of Kubernetes API requests")
+	fs.BoolVar(&c.PodInformer, "pod-informer", true, "keep a watch-fed cache of pods (needs list and watch on pods); otherwise every request reads its pod with GET")
+	fs.StringVar(&c.TokenAudience, "token-audience", "piggy", "audience the projected service account tokens must have (the admission-gateway's --token-audience)")
+	fs.BoolVar(&c.AllowUnboundTokens, "allow-unbound-tokens", false, "accept tokens that are not bound to a pod, finding the pod by container UID (migration only; logged as a warning)")
+	fs.DurationVar(&c.TokenCacheTTL, "token-cache-ttl", time.Minute, "longest a TokenReview result is cached (never past the token's expiry)")
+	fs.IntVar(&c.TokenCacheSize, "token-cache-size", 10000, "TokenReview results cached")
+	fs.DurationVar(&c.SecretCacheTTL, "secret-cache-ttl", time.Minute, "how long AWS reads are cached; rotations show up within this time")
+	fs.IntVar(&c.SecretCacheSize, "secret-cache-size", 1000, "secrets and SSM paths cached")
+	fs.DurationVar(&c.StaleIfError, "stale-if-error", 0, "how long past its TTL a cached secret may still be served when AWS is throttling or unavailable; 0 disables")
+	fs.DurationVar(&c.RequestTimeout, "request-timeout", 8*time.Second, "deadline of one GetSecrets request, AWS retries included (keep it below piggy-env's 10s)")
+	fs.IntVar(&c.AWSMaxAttempts, "aws-max-attempts", 4, "attempts per AWS call (throttling, 5xx and connection errors are retried with backoff and jitter)")
+	fs.DurationVar(&c.AWSMaxBackoff, "aws-max-backoff", 2*time.Second, "longest backoff between AWS attempts")
+	fs.DurationVar(&c.AWSAttemptTimeout, "aws-attempt-timeout", 3*time.Second, "deadline of one AWS HTTP attempt")
+	fs.StringVar(&smPolicy, "secrets-manager-policy", strings.Join(policy.DefaultSecretsManagerPatterns, ","),
+		"comma-separated Secrets Manager name patterns a pod may read besides its default secret; {namespace} and {serviceaccount} are the pod's, * matches anything; empty allows none")
+	fs.StringVar(&ssmPolicy, "ssm-policy", strings.Join(policy.DefaultSSMPatterns, ","),
+		"comma-separated SSM parameter path patterns a pod may read; {namespace} and {serviceaccount} are the pod's, * matches anything; empty allows none")
+	fs.StringVar(&lockedList, "locked-settings", "", "comma-separated annotation names (without prefix) whose cluster default pods cannot override, e.g. piggy-enforce-integrity,piggy-default-secret-name-prefix")
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "Usage of secret-broker:\n")
+		fs.PrintDefaults()
+		fmt.Fprint(fs.Output(), defaultsHelp)
+	}
 	if err := flagenv.Parse(fs, "", args, lookup); err != nil {
 		return Config{}, &daemon.UsageError{Err: err}
 	}
+
+	var errs []error
 	if err := c.Settings.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	c.Defaults = podsettings.LoadDefaults(lookup.Getenv, splitList(lockedList))
+	for name := range c.Defaults.Locked {
+		if !isAnnotation(name) {
+			errs = append(errs, fmt.Errorf("--locked-settings: %q is not a piggy annotation", name))
+		}
+	}
+	c.Rules = policy.Rules{
+		SecretsManager: splitList(smPolicy),
+		SSM:            splitList(ssmPolicy),
+		DefaultPrefix:  c.Defaults.Values[podsettings.DefaultSecretNamePrefix],
+		DefaultSuffix:  c.Defaults.Values[podsettings.DefaultSecretNameSuffix],
+	}
+	for _, p := range append(append([]string{}, c.Rules.SecretsManager...), c.Rules.SSM...) {
+		if err := policy.ValidatePattern(p); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if c.TokenAudience == "" {
+		errs = append(errs, errors.New("--token-audience must not be empty"))
+	}
+	positive := []struct {
+		flag string
+		d    time.Duration
+	}{
+		{"--token-cache-ttl", c.TokenCacheTTL}, {"--secret-cache-ttl", c.SecretCacheTTL}, {"--request-timeout", c.RequestTimeout},
+		{"--aws-max-backoff", c.AWSMaxBackoff}, {"--aws-attempt-timeout", c.AWSAttemptTimeout},
+	}
+	for _, p := range positive {
+		if p.d <= 0 {
+			errs = append(errs, fmt.Errorf("%s must be positive", p.flag))
+		}
+	}
+	if c.StaleIfError < 0 {
+		errs = append(errs, errors.New("--stale-if-error must not be negative"))
+	}
+	if c.TokenCacheSize < 1 || c.SecretCacheSize < 1 {
+		errs = append(errs, errors.New("--token-cache-size and --secret-cache-size must be at least 1"))
+	}
+	if c.AWSMaxAttempts < 1 {
+		errs = append(errs, errors.New("--aws-max-attempts must be at least 1"))
+	}
+	if c.KubeQPS <= 0 || c.KubeBurst < 1 {
+		errs = append(errs, errors.New("--kube-api-qps must be positive and --kube-api-burst at least 1"))
+	}
+	if err := errors.Join(errs...); err != nil {
 		return Config{}, &daemon.UsageError{Err: err}
 	}
 	return c, nil
+}
+
+// defaultsHelp documents the variables read besides the flags'.
+const defaultsHelp = `
+Cluster-wide pod defaults (the same variables as the admission-gateway's; a pod's
+piggysec.com/<name> annotation overrides them unless --locked-settings names it):
+  AWS_SECRET_NAME, AWS_SSM_PARAMETER_PATH, AWS_REGION, AWS_SECRET_VERSION (default AWSCURRENT),
+  PIGGY_ENFORCE_INTEGRITY (default true), PIGGY_ENFORCE_SERVICE_ACCOUNT (default false),
+  PIGGY_DEFAULT_SECRET_NAME_PREFIX, PIGGY_DEFAULT_SECRET_NAME_SUFFIX (also the parts of the
+  default secret name <prefix><namespace>/<serviceaccount><suffix> every pod may read)
+
+AWS (read by the AWS SDK): AWS_REGION, AWS_ROLE_ARN and AWS_WEB_IDENTITY_TOKEN_FILE (IRSA),
+  AWS_ENDPOINT_URL, AWS_ENDPOINT_URL_STS, AWS_CA_BUNDLE
+`
+
+func isAnnotation(name string) bool {
+	for _, n := range podsettings.Names {
+		if n == name {
+			return true
+		}
+	}
+	return false
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
 }

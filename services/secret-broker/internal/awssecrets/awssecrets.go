@@ -1,0 +1,354 @@
+// Package awssecrets reads secret values from AWS Secrets Manager
+// (GetSecretValue, a JSON object in SecretString) and SSM Parameter Store
+// (GetParametersByPath, recursive, decrypted, paginated; the key of a
+// parameter is the last element of its name).
+//
+// It depends on narrow interfaces with the SDK's method signatures, so that
+// tests use small fakes, and on a function that returns the clients of a
+// region (see NewAWS for the production one: one aws.Config per process,
+// IRSA web identity through the SDK's default chain, cached credentials,
+// the SDK's standard retryer, clients created once per region).
+//
+// Values are held as logging.Secret and never appear in errors, spans,
+// metrics or logs; errors are *fault.Error naming the secret.
+package awssecrets
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"regexp"
+	"strings"
+	"sync"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/secretsmanager"
+	"github.com/aws/aws-sdk-go-v2/service/ssm"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
+
+	"github.com/piggysec/piggy/libs/logging"
+	"github.com/piggysec/piggy/services/secret-broker/internal/fault"
+)
+
+// SecretsManagerAPI is the part of the Secrets Manager client the broker uses.
+type SecretsManagerAPI interface {
+	GetSecretValue(ctx context.Context, in *secretsmanager.GetSecretValueInput, optFns ...func(*secretsmanager.Options)) (*secretsmanager.GetSecretValueOutput, error)
+}
+
+// SSMAPI is the part of the SSM client the broker uses.
+type SSMAPI interface {
+	GetParametersByPath(ctx context.Context, in *ssm.GetParametersByPathInput, optFns ...func(*ssm.Options)) (*ssm.GetParametersByPathOutput, error)
+}
+
+// Clients are the AWS clients of one region.
+type Clients struct {
+	SecretsManager SecretsManagerAPI
+	SSM            SSMAPI
+}
+
+// ClientsFunc returns the clients of a region. Fetcher calls it once per
+// region.
+type ClientsFunc func(region string) Clients
+
+// DefaultStage is the Secrets Manager stage read when none is given.
+const DefaultStage = "AWSCURRENT"
+
+// maxRegions bounds the per-region clients a Fetcher creates: regions come
+// from pod annotations.
+const maxRegions = 64
+
+// maxPages bounds the SSM pages read for one path (10 parameters a page).
+const maxPages = 200
+
+var regionPattern = regexp.MustCompile(`^[a-z]{2}(-[a-z]+)+-[0-9]{1,2}$`)
+
+// Source says where a pod's values come from.
+type Source struct {
+	// Region is the AWS region.
+	Region string
+	// SecretName is the Secrets Manager secret id (name or ARN).
+	SecretName string
+	// Version is a stage (AWSCURRENT, AWSPREVIOUS, custom) or a version id
+	// (UUID); empty means AWSCURRENT.
+	Version string
+	// SSMParameterPath, when set, is read instead of SecretName.
+	SSMParameterPath string
+}
+
+// IsSSM reports whether the source is an SSM parameter path.
+func (s Source) IsSSM() bool { return s.SSMParameterPath != "" }
+
+// Name is the secret name or the parameter path.
+func (s Source) Name() string {
+	if s.IsSSM() {
+		return s.SSMParameterPath
+	}
+	return s.SecretName
+}
+
+// EffectiveVersion is the version read: Version, or AWSCURRENT for Secrets
+// Manager; empty for SSM.
+func (s Source) EffectiveVersion() string {
+	if s.IsSSM() {
+		return ""
+	}
+	if s.Version == "" {
+		return DefaultStage
+	}
+	return s.Version
+}
+
+// String names the source in messages.
+func (s Source) String() string {
+	if s.IsSSM() {
+		return fmt.Sprintf("SSM parameter path %q", s.SSMParameterPath)
+	}
+	return fmt.Sprintf("secret %q", s.SecretName)
+}
+
+// Key identifies the source's values in a cache.
+func (s Source) Key() string {
+	if s.IsSSM() {
+		return s.Region + "\x00ssm\x00" + s.SSMParameterPath
+	}
+	return s.Region + "\x00sm\x00" + s.SecretName + "\x00" + s.EffectiveVersion()
+}
+
+// Secret is the content of a source.
+type Secret struct {
+	// Values by key: JSON strings as they are, numbers and booleans as
+	// their JSON text; SSM parameter values.
+	Values map[string]logging.Secret
+	// Invalid maps keys that cannot be served to the problem ("holds a JSON
+	// object", "is provided by both ..."); never the value.
+	Invalid map[string]string
+}
+
+// Fetcher reads sources. Create it with NewFetcher.
+type Fetcher struct {
+	clients ClientsFunc
+	tracer  trace.Tracer
+	calls   metric.Int64Counter
+
+	mu      sync.Mutex
+	regions map[string]Clients
+}
+
+// FetcherOptions instrument a Fetcher.
+type FetcherOptions struct {
+	Tracer trace.Tracer
+	Meter  metric.Meter
+}
+
+// NewFetcher returns a Fetcher using clients.
+func NewFetcher(clients ClientsFunc, opts FetcherOptions) (*Fetcher, error) {
+	f := &Fetcher{clients: clients, tracer: opts.Tracer, regions: map[string]Clients{}}
+	if f.tracer == nil {
+		f.tracer = noop.NewTracerProvider().Tracer("")
+	}
+	if opts.Meter != nil {
+		c, err := opts.Meter.Int64Counter("piggy_secret_broker_aws_calls",
+			metric.WithDescription("AWS API operations (after the SDK's retries) by operation and status (ok or the AWS error code)."))
+		if err != nil {
+			return nil, err
+		}
+		f.calls = c
+	}
+	return f, nil
+}
+
+// ValidRegion reports whether region looks like an AWS region name.
+func ValidRegion(region string) bool { return regionPattern.MatchString(region) }
+
+func (f *Fetcher) regionClients(region string) (Clients, error) {
+	if !ValidRegion(region) {
+		return Clients{}, fault.New(fault.InvalidArgument, "invalid_region", "%q is not an AWS region", region)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if c, ok := f.regions[region]; ok {
+		return c, nil
+	}
+	if len(f.regions) >= maxRegions {
+		return Clients{}, fault.New(fault.InvalidArgument, "invalid_region", "region %q: the broker serves at most %d regions", region, maxRegions)
+	}
+	c := f.clients(region)
+	f.regions[region] = c
+	return c, nil
+}
+
+// Fetch reads the content of src.
+func (f *Fetcher) Fetch(ctx context.Context, src Source) (*Secret, error) {
+	if src.Name() == "" {
+		return nil, fault.New(fault.InvalidArgument, "invalid_source", "no secret name or SSM parameter path")
+	}
+	c, err := f.regionClients(src.Region)
+	if err != nil {
+		return nil, err
+	}
+	if src.IsSSM() {
+		return f.fetchSSM(ctx, c.SSM, src)
+	}
+	return f.fetchSecret(ctx, c.SecretsManager, src)
+}
+
+func (f *Fetcher) fetchSecret(ctx context.Context, sm SecretsManagerAPI, src Source) (*Secret, error) {
+	in := &secretsmanager.GetSecretValueInput{SecretId: aws.String(src.SecretName)}
+	if v := src.EffectiveVersion(); IsVersionID(v) {
+		in.VersionId = aws.String(v)
+	} else {
+		in.VersionStage = aws.String(v)
+	}
+	ctx, span := f.startSpan(ctx, "Secrets Manager", "GetSecretValue", src,
+		attribute.String("piggy.secret.name", src.SecretName), attribute.String("piggy.secret.version", src.EffectiveVersion()))
+	defer span.End()
+	out, err := sm.GetSecretValue(ctx, in)
+	f.record(ctx, span, "GetSecretValue", err)
+	if err != nil {
+		return nil, classify(err, src)
+	}
+	if out.SecretString == nil {
+		if out.SecretBinary != nil {
+			return nil, fault.New(fault.FailedPrecondition, "secret_binary", "%s (version %s) holds a binary value; piggy needs a JSON object in SecretString", src, src.EffectiveVersion())
+		}
+		return nil, fault.New(fault.FailedPrecondition, "secret_not_json", "%s (version %s) has no SecretString", src, src.EffectiveVersion())
+	}
+	s, err := DecodeSecretString(*out.SecretString)
+	if err != nil {
+		return nil, fault.Wrap(err, fault.FailedPrecondition, "secret_not_json", "%s (version %s) is not a JSON object of keys and values", src, src.EffectiveVersion())
+	}
+	return s, nil
+}
+
+func (f *Fetcher) fetchSSM(ctx context.Context, client SSMAPI, src Source) (*Secret, error) {
+	s := &Secret{Values: map[string]logging.Secret{}, Invalid: map[string]string{}}
+	names := map[string]string{} // key -> full parameter name
+	p := ssm.NewGetParametersByPathPaginator(client, &ssm.GetParametersByPathInput{
+		Path:           aws.String(src.SSMParameterPath),
+		Recursive:      aws.Bool(true),
+		WithDecryption: aws.Bool(true),
+	})
+	found := 0
+	for page := 1; p.HasMorePages(); page++ {
+		if page > maxPages {
+			return nil, fault.New(fault.FailedPrecondition, "ssm_too_many_parameters", "%s holds more than %d parameters", src, maxPages*10)
+		}
+		pctx, span := f.startSpan(ctx, "SSM", "GetParametersByPath", src,
+			attribute.String("piggy.ssm.path", src.SSMParameterPath), attribute.Int("piggy.ssm.page", page))
+		out, err := p.NextPage(pctx)
+		f.record(pctx, span, "GetParametersByPath", err)
+		span.End()
+		if err != nil {
+			return nil, classify(err, src)
+		}
+		for _, param := range out.Parameters {
+			name := aws.ToString(param.Name)
+			if param.Value == nil {
+				continue
+			}
+			found++
+			key := name[strings.LastIndex(name, "/")+1:]
+			if prev, dup := names[key]; dup {
+				delete(s.Values, key)
+				s.Invalid[key] = fmt.Sprintf("is provided by both parameters %q and %q", prev, name)
+				continue
+			}
+			names[key] = name
+			s.Values[key] = logging.Secret(*param.Value)
+		}
+	}
+	if found == 0 {
+		return nil, fault.New(fault.NotFound, "secret_not_found", "%s holds no parameters in region %s", src, src.Region)
+	}
+	return s, nil
+}
+
+func (f *Fetcher) startSpan(ctx context.Context, service, op string, src Source, attrs ...attribute.KeyValue) (context.Context, trace.Span) {
+	attrs = append(attrs,
+		attribute.String("rpc.system", "aws-api"),
+		attribute.String("rpc.service", service),
+		attribute.String("rpc.method", op),
+		attribute.String("cloud.region", src.Region))
+	return f.tracer.Start(ctx, service+"."+op, trace.WithSpanKind(trace.SpanKindClient), trace.WithAttributes(attrs...))
+}
+
+func (f *Fetcher) record(ctx context.Context, span trace.Span, op string, err error) {
+	status := "ok"
+	if err != nil {
+		status = errorCode(err)
+		span.SetStatus(codes.Error, status)
+		span.SetAttributes(attribute.String("aws.error.code", status))
+	}
+	if f.calls != nil {
+		f.calls.Add(ctx, 1, metric.WithAttributes(attribute.String("operation", op), attribute.String("status", status)))
+	}
+}
+
+// DecodeSecretString decodes a SecretString holding a JSON object. Strings
+// are kept as they are, numbers and booleans as their JSON text (1.50 stays
+// "1.50"); null, objects and arrays are recorded in Invalid. Errors never
+// quote the content.
+func DecodeSecretString(str string) (*Secret, error) {
+	var raw map[string]json.RawMessage
+	if err := json.Unmarshal([]byte(str), &raw); err != nil {
+		var te *json.UnmarshalTypeError
+		if errors.As(err, &te) {
+			return nil, fmt.Errorf("SecretString is JSON %s, not an object", te.Value)
+		}
+		return nil, errors.New("SecretString is not valid JSON")
+	}
+	s := &Secret{Values: make(map[string]logging.Secret, len(raw)), Invalid: map[string]string{}}
+	for key, v := range raw {
+		v = bytes.TrimSpace(v)
+		switch {
+		case len(v) == 0:
+			s.Invalid[key] = "has no value"
+		case v[0] == '"':
+			var val string
+			if err := json.Unmarshal(v, &val); err != nil {
+				s.Invalid[key] = "is not a valid JSON string"
+				continue
+			}
+			s.Values[key] = logging.Secret(val)
+		case v[0] == 't' || v[0] == 'f' || v[0] == '-' || ('0' <= v[0] && v[0] <= '9'):
+			s.Values[key] = logging.Secret(v)
+		case v[0] == 'n':
+			s.Invalid[key] = "is null; values must be strings, numbers or booleans"
+		case v[0] == '{':
+			s.Invalid[key] = "holds a JSON object; values must be strings, numbers or booleans"
+		case v[0] == '[':
+			s.Invalid[key] = "holds a JSON array; values must be strings, numbers or booleans"
+		default:
+			s.Invalid[key] = "has an unsupported JSON value"
+		}
+	}
+	return s, nil
+}
+
+// IsVersionID reports whether v is a Secrets Manager version id (a UUID)
+// rather than a staging label.
+func IsVersionID(v string) bool {
+	if len(v) != 36 {
+		return false
+	}
+	for i := 0; i < len(v); i++ {
+		c := v[i]
+		switch i {
+		case 8, 13, 18, 23:
+			if c != '-' {
+				return false
+			}
+		default:
+			if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F') {
+				return false
+			}
+		}
+	}
+	return true
+}

@@ -1,0 +1,368 @@
+// Package broker is the secret-broker's domain: it authenticates the
+// calling container (authn), ties it to its pod (podcheck), works out the
+// pod's source, authorises it (policy) on every request, reads the values
+// through a bounded, coalescing cache (cache, awssecrets) and returns only
+// the requested keys. It logs one line per request and records the request
+// metrics. Transports (grpcapi) only decode, call it and map its errors.
+package broker
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
+	corev1 "k8s.io/api/core/v1"
+
+	"github.com/piggysec/piggy/libs/logging"
+	"github.com/piggysec/piggy/libs/podsettings"
+	"github.com/piggysec/piggy/services/secret-broker/internal/authn"
+	"github.com/piggysec/piggy/services/secret-broker/internal/awssecrets"
+	"github.com/piggysec/piggy/services/secret-broker/internal/cache"
+	"github.com/piggysec/piggy/services/secret-broker/internal/fault"
+	"github.com/piggysec/piggy/services/secret-broker/internal/podcheck"
+	"github.com/piggysec/piggy/services/secret-broker/internal/policy"
+)
+
+// Limits of a request.
+const (
+	MaxKeys      = 256
+	MaxKeyLength = 256
+)
+
+// Authenticator reviews tokens (authn.Authenticator).
+type Authenticator interface {
+	Authenticate(ctx context.Context, token string) (authn.Identity, cache.Result, error)
+	Stats() cache.Stats
+}
+
+// PodChecker verifies the caller's pod and container (podcheck.Checker).
+type PodChecker interface {
+	Check(ctx context.Context, id authn.Identity, ctr podcheck.Container) (podcheck.Result, error)
+}
+
+// Fetcher reads a source from AWS (awssecrets.Fetcher).
+type Fetcher interface {
+	Fetch(ctx context.Context, src awssecrets.Source) (*awssecrets.Secret, error)
+}
+
+// PodGetter reads a whole pod from the API, for ExplainAccess.
+type PodGetter interface {
+	GetPod(ctx context.Context, namespace, name string) (*corev1.Pod, error)
+}
+
+// Options configure a Broker.
+type Options struct {
+	// Rules are the operator's authorisation rules.
+	Rules policy.Rules
+	// Defaults are the cluster-wide pod settings (for ExplainAccess; the
+	// PodChecker has its own copy).
+	Defaults podsettings.Defaults
+	// DefaultRegion is used when neither the pod nor the defaults name one.
+	DefaultRegion string
+	// Cache configures the secret cache (its ServeStale is set here).
+	Cache cache.Options
+	// RequestTimeout bounds a whole GetSecrets call.
+	RequestTimeout time.Duration
+	Log            *slog.Logger
+	Tracer         trace.Tracer
+	Meter          metric.Meter
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+}
+
+// Broker serves secret requests. Create it with New.
+type Broker struct {
+	authn   Authenticator
+	pods    PodChecker
+	fetcher Fetcher
+	getter  PodGetter
+	opts    Options
+	secrets *cache.Cache[*awssecrets.Secret]
+
+	requests metric.Int64Counter
+	duration metric.Float64Histogram
+}
+
+// New returns a Broker.
+func New(a Authenticator, pods PodChecker, f Fetcher, getter PodGetter, opts Options) (*Broker, error) {
+	if opts.Log == nil {
+		opts.Log = slog.New(slog.DiscardHandler)
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if opts.RequestTimeout <= 0 {
+		opts.RequestTimeout = 8 * time.Second
+	}
+	opts.Cache.ServeStale = awssecrets.Transient
+	if opts.Cache.Now == nil {
+		opts.Cache.Now = opts.Now
+	}
+	if opts.Cache.LoadTimeout <= 0 {
+		opts.Cache.LoadTimeout = opts.RequestTimeout
+	}
+	b := &Broker{authn: a, pods: pods, fetcher: f, getter: getter, opts: opts, secrets: cache.New[*awssecrets.Secret](opts.Cache)}
+	if err := b.instrument(); err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+
+// Request is one container's request.
+type Request struct {
+	// Token is the bearer token (the pod's projected service account token).
+	Token string
+	// ContainerUID and Signature identify the container.
+	ContainerUID, Signature string
+	// Keys are the keys the container references.
+	Keys []string
+}
+
+// Response carries the values of the requested keys.
+type Response struct {
+	Values map[string]logging.Secret
+	// Missing are requested keys the secret does not hold, sorted.
+	Missing []string
+	// SourceName is the secret name or SSM path.
+	SourceName string
+}
+
+// caller is what the log line and metrics say about a request.
+type caller struct {
+	id        authn.Identity
+	source    string
+	container string
+	cacheRes  string
+}
+
+// GetSecrets serves one request. Errors are *fault.Error.
+func (b *Broker) GetSecrets(ctx context.Context, req Request) (resp Response, err error) {
+	start := b.opts.Now()
+	ctx, cancel := context.WithTimeout(ctx, b.opts.RequestTimeout)
+	defer cancel()
+	var c caller
+	defer func() { b.finish(ctx, start, &c, len(req.Keys), err) }()
+
+	id, _, err := b.authn.Authenticate(ctx, req.Token)
+	if err != nil {
+		return Response{}, err
+	}
+	c.id = id
+	if err := validateKeys(req.Keys); err != nil {
+		return Response{}, err
+	}
+	pc, err := b.pods.Check(ctx, id, podcheck.Container{UID: req.ContainerUID, Signature: req.Signature})
+	if err != nil {
+		return Response{}, err
+	}
+	c.container = pc.ContainerName
+	if c.id.PodName == "" { // unbound token: the pod was found by container UID
+		c.id.PodName, c.id.PodUID = pc.Pod.Name, string(pc.Pod.UID)
+	}
+	src, err := b.source(pc.Settings, id)
+	if err != nil {
+		return Response{}, err
+	}
+	c.source = src.Name()
+	who := policy.Caller{Namespace: id.Namespace, ServiceAccount: id.ServiceAccount}
+	kind := policy.SecretsManager
+	if src.IsSSM() {
+		kind = policy.SSMParameterPath
+	}
+	byName := b.opts.Rules.ByName(who, kind, src.Name())
+
+	secret, res, err := b.secrets.Get(ctx, src.Key(), func(ctx context.Context) (*awssecrets.Secret, time.Duration, error) {
+		s, err := b.fetcher.Fetch(ctx, src)
+		return s, 0, err
+	})
+	c.cacheRes = res.String()
+	if err != nil {
+		if ctx.Err() != nil {
+			return Response{}, fault.Wrap(ctx.Err(), fault.Unavailable, "timeout", "reading %s did not finish within the broker's request timeout; retry", src)
+		}
+		if !byName.Allowed && fault.KindOf(err) != fault.Unavailable {
+			// Outside the name rules the secret's existence is nobody's
+			// business: not found and access denied look the same.
+			return Response{}, denied(who, src, byName.Reason)
+		}
+		return Response{}, err
+	}
+	decision := policy.Decide(who, byName, allowList(secret), pc.Settings.EnforceServiceAccount)
+	if !decision.Allowed {
+		return Response{}, denied(who, src, decision.Reasons[len(decision.Reasons)-1])
+	}
+	sel, err := policy.Select(req.Keys, secret.Values, secret.Invalid)
+	if err != nil {
+		return Response{}, fault.Wrap(err, fault.FailedPrecondition, "secret_key_invalid", "%s: %s", src, err.Error())
+	}
+	return Response{Values: sel.Values, Missing: sel.Missing, SourceName: src.Name()}, nil
+}
+
+func denied(who policy.Caller, src awssecrets.Source, why string) error {
+	return fault.New(fault.PermissionDenied, "policy_denied", "service account %s may not read %s: %s", who, src, why)
+}
+
+// allowList reads a secret's PIGGY_ALLOWED_SA.
+func allowList(s *awssecrets.Secret) policy.AllowList {
+	if _, bad := s.Invalid[policy.AllowedSAKey]; bad {
+		return policy.AllowList{Present: true}
+	}
+	v, ok := s.Values[policy.AllowedSAKey]
+	if !ok {
+		return policy.AllowList{}
+	}
+	return policy.ParseAllowList(v.Reveal())
+}
+
+// source works out where a pod's values come from.
+func (b *Broker) source(s podsettings.Settings, id authn.Identity) (awssecrets.Source, error) {
+	src := awssecrets.Source{Region: s.Region, Version: s.SecretVersion}
+	switch {
+	case s.SSMParameterPath != "":
+		src.SSMParameterPath = s.SSMParameterPath
+		src.Version = ""
+	case s.SecretName != "":
+		src.SecretName = s.SecretName
+	default:
+		src.SecretName = s.DefaultSecretName(id.Namespace, id.ServiceAccount)
+	}
+	if src.Region == "" {
+		src.Region = b.opts.DefaultRegion
+	}
+	if src.Region == "" {
+		return src, fault.New(fault.InvalidArgument, "invalid_region", "no AWS region: set the %s%s annotation or the broker's AWS_REGION", podsettings.Prefix, podsettings.AWSRegion)
+	}
+	if !awssecrets.ValidRegion(src.Region) {
+		return src, fault.New(fault.InvalidArgument, "invalid_region", "%q is not an AWS region", src.Region)
+	}
+	return src, nil
+}
+
+func validateKeys(keys []string) error {
+	if len(keys) == 0 {
+		return fault.New(fault.InvalidArgument, "invalid_request", "no keys requested")
+	}
+	if len(keys) > MaxKeys {
+		return fault.New(fault.InvalidArgument, "invalid_request", "%d keys requested; at most %d", len(keys), MaxKeys)
+	}
+	for _, k := range keys {
+		if k == "" || len(k) > MaxKeyLength {
+			return fault.New(fault.InvalidArgument, "invalid_request", "keys must have 1 to %d characters", MaxKeyLength)
+		}
+	}
+	return nil
+}
+
+// finish logs the request line and records its metrics.
+func (b *Broker) finish(ctx context.Context, start time.Time, c *caller, keys int, err error) {
+	took := b.opts.Now().Sub(start)
+	sa := c.id.Namespace + ":" + c.id.ServiceAccount
+	if c.id.Namespace == "" {
+		sa = "<unknown>"
+	}
+	pod := c.id.PodName
+	if pod == "" {
+		pod = "<unknown>"
+	}
+	attrs := []any{
+		"namespace", c.id.Namespace,
+		"pod_name", c.id.PodName,
+		"service_account", c.id.ServiceAccount,
+		"secret_name", c.source,
+	}
+	if c.container != "" {
+		attrs = append(attrs, "container", c.container)
+	}
+	attrs = append(attrs, "keys", keys, "took", took.String())
+	if c.cacheRes != "" {
+		attrs = append(attrs, "cache", c.cacheRes)
+	}
+	outcome, reason := "success", "ok"
+	span := trace.SpanFromContext(ctx)
+	span.SetAttributes(
+		attribute.String("k8s.namespace.name", c.id.Namespace),
+		attribute.String("k8s.pod.name", c.id.PodName),
+		attribute.String("k8s.serviceaccount.name", c.id.ServiceAccount),
+		attribute.String("piggy.secret.name", c.source))
+	if err != nil {
+		fe := fault.As(err)
+		outcome, reason = "failure", fe.Reason
+		attrs = append(attrs, "reason", reason, "code", fe.Kind.String(), "error", fe.Error())
+		span.SetAttributes(attribute.String("piggy.failure.reason", reason))
+		level := slog.LevelWarn
+		if fe.Kind == fault.Internal {
+			level = slog.LevelError
+		}
+		b.opts.Log.Log(ctx, level, fmt.Sprintf("Request from [sa=%s], [pod=%s] failed", sa, pod), attrs...)
+	} else {
+		b.opts.Log.InfoContext(ctx, fmt.Sprintf("Request from [sa=%s], [pod=%s] was successful", sa, pod), attrs...)
+	}
+	if b.requests != nil {
+		b.requests.Add(ctx, 1, metric.WithAttributes(attribute.String("outcome", outcome), attribute.String("reason", reason)))
+		b.duration.Record(ctx, took.Seconds(), metric.WithAttributes(attribute.String("outcome", outcome)))
+	}
+}
+
+// CacheStats returns the secret cache's and the token review cache's
+// counters.
+func (b *Broker) CacheStats() (secrets, tokenReviews cache.Stats) {
+	return b.secrets.Stats(), b.authn.Stats()
+}
+
+func (b *Broker) instrument() error {
+	m := b.opts.Meter
+	if m == nil {
+		return nil
+	}
+	var err error
+	if b.requests, err = m.Int64Counter("piggy_secret_broker_requests",
+		metric.WithDescription("GetSecrets requests by outcome (success, failure) and reason.")); err != nil {
+		return err
+	}
+	if b.duration, err = m.Float64Histogram("piggy_secret_broker_request_duration", metric.WithUnit("s"),
+		metric.WithDescription("GetSecrets latency in the broker by outcome."),
+		metric.WithExplicitBucketBoundaries(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)); err != nil {
+		return err
+	}
+	type counter struct {
+		name, desc string
+		get        func(cache.Stats) int64
+	}
+	counters := []counter{
+		{"piggy_secret_broker_cache_hits", "Cache lookups answered from the cache.", func(s cache.Stats) int64 { return s.Hits }},
+		{"piggy_secret_broker_cache_misses", "Cache lookups that loaded the value (an AWS read or a TokenReview).", func(s cache.Stats) int64 { return s.Misses }},
+		{"piggy_secret_broker_cache_coalesced", "Cache lookups that joined an identical load in flight.", func(s cache.Stats) int64 { return s.Coalesced }},
+		{"piggy_secret_broker_cache_evictions", "Entries evicted to respect the capacity.", func(s cache.Stats) int64 { return s.Evictions }},
+		{"piggy_secret_broker_cache_stale_served", "Lookups answered with an expired entry because AWS failed (stale-if-error).", func(s cache.Stats) int64 { return s.StaleServed }},
+	}
+	var observables []metric.Observable
+	obs := make([]metric.Int64ObservableCounter, len(counters))
+	for i, c := range counters {
+		if obs[i], err = m.Int64ObservableCounter(c.name, metric.WithDescription(c.desc)); err != nil {
+			return err
+		}
+		observables = append(observables, obs[i])
+	}
+	entries, err := m.Int64ObservableGauge("piggy_secret_broker_cache_entries", metric.WithDescription("Entries held by a cache."))
+	if err != nil {
+		return err
+	}
+	observables = append(observables, entries)
+	secretsAttr := metric.WithAttributes(attribute.String("cache", "secrets"))
+	tokensAttr := metric.WithAttributes(attribute.String("cache", "token_reviews"))
+	_, err = m.RegisterCallback(func(_ context.Context, o metric.Observer) error {
+		s, t := b.CacheStats()
+		for i, c := range counters {
+			o.ObserveInt64(obs[i], c.get(s), secretsAttr)
+			o.ObserveInt64(obs[i], c.get(t), tokensAttr)
+		}
+		o.ObserveInt64(entries, s.Entries, secretsAttr)
+		o.ObserveInt64(entries, t.Entries, tokensAttr)
+		return nil
+	}, observables...)
+	return err
+}

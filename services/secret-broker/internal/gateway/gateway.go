@@ -1,0 +1,75 @@
+// Package gateway is the broker's HTTPS JSON API for piggy-env: grpc-gateway
+// translating POST /v1/secrets into GetSecrets over a real gRPC client
+// connection to the broker's own mTLS port, so that the gRPC interceptors
+// and stats handlers (auth, metrics, tracing) run for every request. The
+// HTTP Authorization header becomes the "authorization" metadata.
+//
+// JSON uses protojson with lowerCamelCase names: {"containerUid",
+// "signature","keys"} in, {"values","missingKeys","sourceName"} out, errors
+// as {"code","message","details"} with the HTTP status of the gRPC code.
+package gateway
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"net"
+	"net/http"
+	"strconv"
+
+	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
+	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/protobuf/encoding/protojson"
+
+	secretbrokerv1 "github.com/piggysec/piggy/libs/gen/piggy/secretbroker/v1"
+)
+
+// MaxBodyBytes bounds a request body.
+const MaxBodyBytes = 64 << 10
+
+// Dial returns a lazy gRPC client connection to target over TLS (the
+// broker's own client certificate makes it mTLS), with client-side
+// OpenTelemetry stats.
+func Dial(target string, tlsConfig *tls.Config) (*grpc.ClientConn, error) {
+	conn, err := grpc.NewClient(target,
+		grpc.WithTransportCredentials(credentials.NewTLS(tlsConfig)),
+		grpc.WithStatsHandler(otelgrpc.NewClientHandler()))
+	if err != nil {
+		return nil, fmt.Errorf("gateway: dial %s: %w", target, err)
+	}
+	return conn, nil
+}
+
+// LoopbackTarget is the address to dial a listener bound to addr from the
+// same host: the loopback address for wildcard binds, else addr itself.
+func LoopbackTarget(addr net.Addr) string {
+	tcp, ok := addr.(*net.TCPAddr)
+	if !ok {
+		return addr.String()
+	}
+	ip := tcp.IP
+	if ip == nil || ip.IsUnspecified() {
+		ip = net.IPv4(127, 0, 0, 1)
+	}
+	return net.JoinHostPort(ip.String(), strconv.Itoa(tcp.Port))
+}
+
+// Register adds POST /v1/secrets, served over conn, to mux.
+func Register(ctx context.Context, mux *http.ServeMux, conn *grpc.ClientConn) error {
+	gw := runtime.NewServeMux(
+		runtime.WithMarshalerOption(runtime.MIMEWildcard, &runtime.JSONPb{
+			MarshalOptions:   protojson.MarshalOptions{EmitUnpopulated: true},
+			UnmarshalOptions: protojson.UnmarshalOptions{DiscardUnknown: true},
+		}),
+	)
+	if err := secretbrokerv1.RegisterSecretBrokerServiceHandler(ctx, gw, conn); err != nil {
+		return fmt.Errorf("gateway: register: %w", err)
+	}
+	mux.Handle("POST /v1/secrets", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		r.Body = http.MaxBytesReader(w, r.Body, MaxBodyBytes)
+		gw.ServeHTTP(w, r)
+	}))
+	return nil
+}
