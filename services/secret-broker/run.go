@@ -6,9 +6,9 @@ import (
 
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
-	secretbrokerv1 "github.com/piggysec/piggy/libs/gen/piggy/secretbroker/v1"
 	"github.com/piggysec/piggy/libs/daemon"
 	"github.com/piggysec/piggy/libs/flagenv"
+	secretbrokerv1 "github.com/piggysec/piggy/libs/gen/piggy/secretbroker/v1"
 	"github.com/piggysec/piggy/libs/podsettings"
 	"github.com/piggysec/piggy/libs/serve"
 	"github.com/piggysec/piggy/services/secret-broker/internal/authn"
