@@ -250,8 +250,16 @@ func (r reader) boolean(name string, def bool, policy badPolicy) bool {
 	return b
 }
 
+// defaultQuantities are the parsed defaults of the resource annotations.
+var defaultQuantities = map[string]resource.Quantity{
+	"50m": resource.MustParse("50m"), "64Mi": resource.MustParse("64Mi"), "200m": resource.MustParse("200m"),
+}
+
 func (r reader) quantity(name, def string) resource.Quantity {
 	v := r.str(name, def)
+	if q, ok := defaultQuantities[v]; ok {
+		return q
+	}
 	q, err := resource.ParseQuantity(v)
 	if err != nil {
 		r.warn(name, "%q is not a resource quantity; using %s", v, def)

@@ -1,8 +1,9 @@
 package mutate
 
 import (
+	"encoding/json"
+
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/api/resource"
 
 	"github.com/piggysec/piggy/libs/podsettings"
 )
@@ -41,4 +42,34 @@ func installContainer(s podsettings.Settings, cfg Config, proxy bool) corev1.Con
 	return c
 }
 
-func resourceMustParse(s string) resource.Quantity { return resource.MustParse(s) }
+// installKey is everything the install container depends on besides the
+// Mutator's configuration.
+type installKey struct {
+	image, pullPolicy                                string
+	cpuRequest, memoryRequest, cpuLimit, memoryLimit string
+	allowPrivilegeEscalation, proxy                  bool
+}
+
+// installContainerJSON returns the encoded install container, encoding
+// each distinct variant once.
+func (m *Mutator) installContainerJSON(s podsettings.Settings, proxy bool) json.RawMessage {
+	k := installKey{
+		image: s.EnvImage, pullPolicy: s.EnvImagePullPolicy,
+		cpuRequest: s.Resources.CPURequest.String(), memoryRequest: s.Resources.MemoryRequest.String(),
+		cpuLimit: s.Resources.CPULimit.String(), memoryLimit: s.Resources.MemoryLimit.String(),
+		allowPrivilegeEscalation: s.AllowPrivilegeEscalation, proxy: proxy,
+	}
+	if v, ok := m.installContainers.Load(k); ok {
+		return v.(json.RawMessage)
+	}
+	b := mustJSON(installContainer(s, m.cfg, proxy))
+	// Pods choose the image and resources, so the variants are bounded
+	// here rather than by trust: past the cap, encode without caching.
+	if m.installVariants.Add(1) <= maxInstallVariants {
+		m.installContainers.Store(k, b)
+	}
+	return b
+}
+
+// maxInstallVariants bounds the install container cache.
+const maxInstallVariants = 256

@@ -2,15 +2,19 @@ package mutate
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/url"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sync/errgroup"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 
 	"github.com/piggysec/piggy/libs/podidentity"
 	"github.com/piggysec/piggy/libs/podsettings"
@@ -111,6 +115,12 @@ type Mutator struct {
 	resolver ImageConfigResolver
 	env      EnvSource
 	newUID   func() string
+
+	// Pre-encoded parts of the patch that only depend on the operator's
+	// configuration: encoding them per review dominated the webhook's cost.
+	launcherVolume, tokenVolume json.RawMessage
+	installContainers           sync.Map // installKey → json.RawMessage
+	installVariants             atomic.Int64
 }
 
 // New returns a Mutator. resolver and env may be shared by concurrent
@@ -128,7 +138,29 @@ func New(cfg Config, resolver ImageConfigResolver, env EnvSource) *Mutator {
 	if cfg.ResolveTimeout <= 0 {
 		cfg.ResolveTimeout = 3 * time.Second
 	}
-	return &Mutator{cfg: cfg, resolver: resolver, env: env, newUID: podidentity.NewUID}
+	m := &Mutator{cfg: cfg, resolver: resolver, env: env, newUID: podidentity.NewUID}
+	m.launcherVolume = mustJSON(corev1.Volume{Name: LauncherVolumeName, VolumeSource: corev1.VolumeSource{
+		EmptyDir: &corev1.EmptyDirVolumeSource{Medium: corev1.StorageMediumMemory, SizeLimit: ptr(resource.MustParse("32Mi"))},
+	}})
+	expiry := int64(cfg.TokenExpiration / time.Second)
+	m.tokenVolume = mustJSON(corev1.Volume{Name: TokenVolumeName, VolumeSource: corev1.VolumeSource{
+		Projected: &corev1.ProjectedVolumeSource{
+			DefaultMode: ptr(int32(0o444)),
+			Sources: []corev1.VolumeProjection{{ServiceAccountToken: &corev1.ServiceAccountTokenProjection{
+				Audience: cfg.TokenAudience, ExpirationSeconds: &expiry, Path: "token",
+			}}},
+		},
+	}})
+	return m
+}
+
+// mustJSON encodes API values built by this package; they always encode.
+func mustJSON(v any) json.RawMessage {
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic(fmt.Sprintf("mutate: encode %T: %v", v, err))
+	}
+	return b
 }
 
 // target is one container to launch through piggy-env.
@@ -472,23 +504,12 @@ func (m *Mutator) ensureVolumes(p *patch, pod *corev1.Pod, proxy bool) {
 	has := func(name string) bool {
 		return slices.ContainsFunc(pod.Spec.Volumes, func(v corev1.Volume) bool { return v.Name == name })
 	}
-	var vols []corev1.Volume
+	var vols []json.RawMessage
 	if !has(LauncherVolumeName) {
-		vols = append(vols, corev1.Volume{Name: LauncherVolumeName, VolumeSource: corev1.VolumeSource{
-			EmptyDir: &corev1.EmptyDirVolumeSource{Medium: corev1.StorageMediumMemory, SizeLimit: ptr(resourceMustParse("32Mi"))},
-		}})
+		vols = append(vols, m.launcherVolume)
 	}
 	if proxy && !has(TokenVolumeName) {
-		expiry := int64(m.cfg.TokenExpiration / time.Second)
-		mode := int32(0o444)
-		vols = append(vols, corev1.Volume{Name: TokenVolumeName, VolumeSource: corev1.VolumeSource{
-			Projected: &corev1.ProjectedVolumeSource{
-				DefaultMode: &mode,
-				Sources: []corev1.VolumeProjection{{ServiceAccountToken: &corev1.ServiceAccountTokenProjection{
-					Audience: m.cfg.TokenAudience, ExpirationSeconds: &expiry, Path: "token",
-				}}},
-			},
-		}})
+		vols = append(vols, m.tokenVolume)
 	}
 	appendAll(p, "/spec/volumes", len(pod.Spec.Volumes), vols)
 }
@@ -499,9 +520,9 @@ func (m *Mutator) ensureInstallContainer(p *patch, pod *corev1.Pod, s podsetting
 	if slices.ContainsFunc(pod.Spec.InitContainers, func(c corev1.Container) bool { return c.Name == InstallContainerName }) {
 		return
 	}
-	c := installContainer(s, m.cfg, proxy)
+	c := m.installContainerJSON(s, proxy)
 	if len(pod.Spec.InitContainers) == 0 {
-		p.add("/spec/initContainers", []corev1.Container{c})
+		p.add("/spec/initContainers", []json.RawMessage{c})
 		return
 	}
 	p.add("/spec/initContainers/0", c)

@@ -20,6 +20,8 @@ import (
 	admissionv1 "k8s.io/api/admission/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
 	kjson "sigs.k8s.io/json"
 
 	"github.com/piggysec/piggy/services/admission-gateway/internal/mutate"
@@ -69,7 +71,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "piggy: Content-Type must be application/json", http.StatusUnsupportedMediaType)
 		return
 	}
-	var in admissionv1.AdmissionReview
+	var in review
 	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, MaxBodyBytes))
 	if err := dec.Decode(&in); err != nil {
 		var tooBig *http.MaxBytesError
@@ -92,15 +94,32 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.reviews.Add(r.Context(), 1, attrs)
 	h.duration.Record(r.Context(), took.Seconds(), attrs)
 
-	out := admissionv1.AdmissionReview{TypeMeta: in.TypeMeta, Response: resp}
+	out := admissionv1.AdmissionReview{TypeMeta: metav1.TypeMeta{APIVersion: in.APIVersion, Kind: in.Kind}, Response: resp}
 	w.Header().Set("Content-Type", "application/json")
 	if err := json.NewEncoder(w).Encode(&out); err != nil {
 		h.log.WarnContext(r.Context(), "writing admission response failed", "error", err)
 	}
 }
 
+// review is the part of an AdmissionReview the webhook reads; decoding
+// only these fields (not userInfo, oldObject, options) keeps reviews cheap.
+type review struct {
+	APIVersion string   `json:"apiVersion"`
+	Kind       string   `json:"kind"`
+	Request    *request `json:"request"`
+}
+
+type request struct {
+	UID         types.UID               `json:"uid"`
+	Kind        metav1.GroupVersionKind `json:"kind"`
+	SubResource string                  `json:"subResource"`
+	Namespace   string                  `json:"namespace"`
+	Operation   admissionv1.Operation   `json:"operation"`
+	Object      runtime.RawExtension    `json:"object"`
+}
+
 // review decides one request. A panic becomes a denial carrying the UID.
-func (h *Handler) review(ctx context.Context, req *admissionv1.AdmissionRequest) (resp *admissionv1.AdmissionResponse, outcome string) {
+func (h *Handler) review(ctx context.Context, req *request) (resp *admissionv1.AdmissionResponse, outcome string) {
 	start := time.Now()
 	defer func() {
 		if v := recover(); v != nil {
@@ -120,13 +139,15 @@ func (h *Handler) review(ctx context.Context, req *admissionv1.AdmissionRequest)
 	if err := kjson.UnmarshalCaseSensitivePreserveInts(req.Object.Raw, &pod); err != nil {
 		return deny(req, http.StatusBadRequest, "piggy: cannot decode the pod: "+err.Error()), "denied"
 	}
-	// The patch adds under /metadata; the API server always sends it, but
-	// a pod without it cannot be patched.
-	var top struct {
-		Metadata json.RawMessage `json:"metadata"`
-	}
-	if err := kjson.UnmarshalCaseSensitivePreserveInts(req.Object.Raw, &top); err != nil || len(top.Metadata) == 0 || string(top.Metadata) == "null" {
-		return deny(req, http.StatusBadRequest, "piggy: the pod has no metadata"), "denied"
+	// The patch may add /metadata/annotations; the API server always sends
+	// metadata, but a pod without it could not be patched.
+	if pod.Annotations == nil {
+		var top struct {
+			Metadata json.RawMessage `json:"metadata"`
+		}
+		if err := kjson.UnmarshalCaseSensitivePreserveInts(req.Object.Raw, &top); err != nil || len(top.Metadata) == 0 || string(top.Metadata) == "null" {
+			return deny(req, http.StatusBadRequest, "piggy: the pod has no metadata"), "denied"
+		}
 	}
 	ns := req.Namespace
 	if ns == "" {
@@ -143,7 +164,7 @@ func (h *Handler) review(ctx context.Context, req *admissionv1.AdmissionRequest)
 	if len(res.Patch) == 0 {
 		return resp, "unchanged"
 	}
-	patch, err := json.Marshal(res.Patch)
+	patch, err := mutate.Marshal(res.Patch)
 	if err != nil {
 		return deny(req, http.StatusInternalServerError, "piggy: cannot encode the patch: "+err.Error()), "error"
 	}
@@ -160,7 +181,7 @@ func (h *Handler) review(ctx context.Context, req *admissionv1.AdmissionRequest)
 	return resp, "mutated"
 }
 
-func deny(req *admissionv1.AdmissionRequest, code int32, msg string) *admissionv1.AdmissionResponse {
+func deny(req *request, code int32, msg string) *admissionv1.AdmissionResponse {
 	reason := metav1.StatusReasonForbidden
 	switch code {
 	case http.StatusBadRequest:
