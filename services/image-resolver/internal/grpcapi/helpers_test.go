@@ -14,11 +14,11 @@ import (
 
 	imageresolverv1 "github.com/piggysec/piggy/libs/gen/piggy/imageresolver/v1"
 	"github.com/piggysec/piggy/libs/proctest"
+	"github.com/piggysec/piggy/libs/registrytest"
 	"github.com/piggysec/piggy/libs/serve"
 	"github.com/piggysec/piggy/libs/tlsreload"
 	"github.com/piggysec/piggy/services/image-resolver/internal/grpcapi"
 	"github.com/piggysec/piggy/services/image-resolver/internal/keychain"
-	"github.com/piggysec/piggy/libs/registrytest"
 	"github.com/piggysec/piggy/services/image-resolver/internal/resolve"
 )
 

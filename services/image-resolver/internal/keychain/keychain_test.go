@@ -14,8 +14,8 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
 
-	"github.com/piggysec/piggy/services/image-resolver/internal/keychain"
 	"github.com/piggysec/piggy/libs/registrytest"
+	"github.com/piggysec/piggy/services/image-resolver/internal/keychain"
 )
 
 const reg = "registry.example.com"

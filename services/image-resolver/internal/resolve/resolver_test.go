@@ -12,8 +12,8 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes/fake"
 
-	"github.com/piggysec/piggy/services/image-resolver/internal/keychain"
 	"github.com/piggysec/piggy/libs/registrytest"
+	"github.com/piggysec/piggy/services/image-resolver/internal/keychain"
 	"github.com/piggysec/piggy/services/image-resolver/internal/resolve"
 )
 
