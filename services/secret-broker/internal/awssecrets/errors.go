@@ -69,7 +69,7 @@ func classify(err error, src Source) error {
 	case "ExpiredTokenException", "ExpiredToken", "InvalidClientTokenId", "UnrecognizedClientException", "InvalidSignatureException", "SignatureDoesNotMatch":
 		return fault.Wrap(err, fault.Unavailable, "aws_credentials", "AWS rejected the broker's credentials while reading %s (%s); retry", src, code)
 	}
-	if re, ok := errors.AsType[*awshttp.ResponseError](err); ok && re.HTTPStatusCode() < 500 && re.HTTPStatusCode() != 429 {
+	if re, ok := errors.AsType[*awshttp.ResponseError](err); ok && re.HTTPStatusCode() >= 400 && re.HTTPStatusCode() < 500 && re.HTTPStatusCode() != 429 {
 		return fault.Wrap(err, fault.Internal, "aws_error", "AWS refused to read %s (%s)", what, code)
 	}
 	if retry.IsErrorRetryables(retry.DefaultRetryables).IsErrorRetryable(err) == aws.FalseTernary {

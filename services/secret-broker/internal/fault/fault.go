@@ -103,9 +103,20 @@ func As(err error) *Error {
 	return &Error{Kind: Internal, Reason: "internal", Message: "internal error", Cause: err}
 }
 
-// KindOf returns the kind of err (Internal for unclassified errors).
-func KindOf(err error) Kind { return As(err).Kind }
+// KindOf returns the kind of err (Internal for unclassified errors; err
+// must not be nil).
+func KindOf(err error) Kind {
+	if err == nil {
+		return Internal
+	}
+	return As(err).Kind
+}
 
-// ReasonOf returns the reason label of err ("internal" for unclassified
-// errors).
-func ReasonOf(err error) string { return As(err).Reason }
+// ReasonOf returns the reason label of err: "" for nil, "internal" for
+// unclassified errors.
+func ReasonOf(err error) string {
+	if err == nil {
+		return ""
+	}
+	return As(err).Reason
+}

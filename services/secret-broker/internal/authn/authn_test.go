@@ -1,0 +1,241 @@
+package authn
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	authenticationv1 "k8s.io/api/authentication/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+
+	"github.com/piggysec/piggy/services/secret-broker/internal/cache"
+	"github.com/piggysec/piggy/services/secret-broker/internal/fault"
+)
+
+// fakeReviewer answers TokenReviews from a table keyed by token.
+type fakeReviewer struct {
+	calls   atomic.Int64
+	delay   time.Duration
+	err     error
+	answers map[string]authenticationv1.TokenReviewStatus
+	gotAud  [][]string
+	mu      sync.Mutex
+}
+
+func (f *fakeReviewer) Create(ctx context.Context, r *authenticationv1.TokenReview, _ metav1.CreateOptions) (*authenticationv1.TokenReview, error) {
+	f.calls.Add(1)
+	f.mu.Lock()
+	f.gotAud = append(f.gotAud, r.Spec.Audiences)
+	f.mu.Unlock()
+	if f.delay > 0 {
+		time.Sleep(f.delay)
+	}
+	if f.err != nil {
+		return nil, f.err
+	}
+	out := r.DeepCopy()
+	out.Status = f.answers[r.Spec.Token]
+	return out, nil
+}
+
+// jwt returns an unsigned token with the given expiry (the broker only
+// reads exp; the apiserver verifies).
+func jwt(exp time.Time) string {
+	enc := base64.RawURLEncoding.EncodeToString
+	payload, _ := json.Marshal(map[string]any{"exp": exp.Unix(), "sub": "system:serviceaccount:team-a:web"})
+	return enc([]byte(`{"alg":"RS256"}`)) + "." + enc(payload) + ".c2ln"
+}
+
+func boundStatus(ns, sa, pod, uid string) authenticationv1.TokenReviewStatus {
+	return authenticationv1.TokenReviewStatus{
+		Authenticated: true,
+		Audiences:     []string{"piggy"},
+		User: authenticationv1.UserInfo{
+			Username: "system:serviceaccount:" + ns + ":" + sa,
+			Extra:    map[string]authenticationv1.ExtraValue{ExtraPodName: {pod}, ExtraPodUID: {uid}},
+		},
+	}
+}
+
+type fixedClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *fixedClock) now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
+func (c *fixedClock) advance(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
+
+func newAuth(t *testing.T, r TokenReviewer, clk *fixedClock, mod ...func(*Options)) *Authenticator {
+	t.Helper()
+	o := Options{Audience: "piggy", CacheTTL: time.Minute, CacheSize: 100, Now: clk.now}
+	for _, m := range mod {
+		m(&o)
+	}
+	a, err := New(r, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
+func TestAuthenticate(t *testing.T) {
+	clk := &fixedClock{t: time.Now()}
+	good := jwt(clk.t.Add(time.Hour))
+	unbound := jwt(clk.t.Add(time.Hour)) + "u"
+	user := jwt(clk.t.Add(time.Hour)) + "user"
+	wrongAud := jwt(clk.t.Add(time.Hour)) + "aud"
+	rejected := jwt(clk.t.Add(time.Hour)) + "bad"
+	r := &fakeReviewer{answers: map[string]authenticationv1.TokenReviewStatus{
+		good:     boundStatus("team-a", "web", "web-1", "uid-1"),
+		unbound:  {Authenticated: true, Audiences: []string{"piggy"}, User: authenticationv1.UserInfo{Username: "system:serviceaccount:team-a:web"}},
+		user:     {Authenticated: true, Audiences: []string{"piggy"}, User: authenticationv1.UserInfo{Username: "alice"}},
+		wrongAud: {Authenticated: true, Audiences: []string{"https://kubernetes.default.svc"}, User: boundStatus("team-a", "web", "p", "u").User},
+		rejected: {Authenticated: false, Error: "token has been invalidated"},
+	}}
+	tests := []struct {
+		name       string
+		token      string
+		allow      bool
+		want       Identity
+		wantKind   fault.Kind
+		wantReason string
+	}{
+		{name: "bound", token: good, want: Identity{Namespace: "team-a", ServiceAccount: "web", PodName: "web-1", PodUID: "uid-1"}},
+		{name: "missing", token: "", wantKind: fault.Unauthenticated, wantReason: "token_missing"},
+		{name: "unbound refused", token: unbound, wantKind: fault.Unauthenticated, wantReason: "token_unbound"},
+		{name: "unbound allowed", token: unbound, allow: true, want: Identity{Namespace: "team-a", ServiceAccount: "web"}},
+		{name: "not a service account", token: user, wantKind: fault.Unauthenticated, wantReason: "token_not_service_account"},
+		{name: "wrong audience", token: wrongAud, wantKind: fault.Unauthenticated, wantReason: "token_audience"},
+		{name: "rejected", token: rejected, wantKind: fault.Unauthenticated, wantReason: "token_invalid"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			a := newAuth(t, r, clk, func(o *Options) { o.AllowUnbound = tt.allow })
+			got, _, err := a.Authenticate(t.Context(), tt.token)
+			if tt.wantReason != "" {
+				fe := fault.As(err)
+				if err == nil || fe.Kind != tt.wantKind || fe.Reason != tt.wantReason {
+					t.Fatalf("err = %v (%v/%s), want %v/%s", err, fe.Kind, fe.Reason, tt.wantKind, tt.wantReason)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(tt.want, got); diff != "" {
+				t.Errorf("identity (-want +got):\n%s", diff)
+			}
+		})
+	}
+	for _, aud := range r.gotAud {
+		if diff := cmp.Diff([]string{"piggy"}, aud); diff != "" {
+			t.Errorf("review audiences (-want +got):\n%s", diff)
+		}
+	}
+}
+
+func TestAPIErrors(t *testing.T) {
+	clk := &fixedClock{t: time.Now()}
+	tests := []struct {
+		name     string
+		err      error
+		wantKind fault.Kind
+	}{
+		{"unreachable", errors.New("dial tcp: connection refused"), fault.Unavailable},
+		{"throttled", apierrors.NewTooManyRequests("slow down", 1), fault.Unavailable},
+		{"forbidden", apierrors.NewForbidden(schema.GroupResource{Group: "authentication.k8s.io", Resource: "tokenreviews"}, "", errors.New("rbac")), fault.Internal},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := &fakeReviewer{err: tt.err}
+			a := newAuth(t, r, clk)
+			_, _, err := a.Authenticate(t.Context(), jwt(clk.t.Add(time.Hour)))
+			if k := fault.KindOf(err); k != tt.wantKind {
+				t.Errorf("kind = %v (%v), want %v", k, err, tt.wantKind)
+			}
+			// Failures are not cached: the next call reviews again.
+			_, _, _ = a.Authenticate(t.Context(), jwt(clk.t.Add(time.Hour)))
+			if r.calls.Load() != 2 {
+				t.Errorf("reviews = %d, want 2", r.calls.Load())
+			}
+		})
+	}
+}
+
+func TestCacheBoundedByTokenExpiry(t *testing.T) {
+	clk := &fixedClock{t: time.Now()}
+	short := jwt(clk.t.Add(20 * time.Second))
+	long := jwt(clk.t.Add(time.Hour))
+	noExp := "opaque-token"
+	r := &fakeReviewer{answers: map[string]authenticationv1.TokenReviewStatus{
+		short: boundStatus("team-a", "web", "p", "u"),
+		long:  boundStatus("team-a", "web", "p", "u"),
+		noExp: boundStatus("team-a", "web", "p", "u"),
+	}}
+	a := newAuth(t, r, clk)
+	review := func(token string) cache.Result {
+		t.Helper()
+		_, res, err := a.Authenticate(t.Context(), token)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res
+	}
+	review(short)
+	review(long)
+	review(noExp)
+	if got := []cache.Result{review(short), review(long), review(noExp)}; !cmp.Equal(got, []cache.Result{cache.Hit, cache.Hit, cache.Miss}) {
+		t.Errorf("second lookups = %v, want hit, hit, miss (a token without exp is never cached)", got)
+	}
+	clk.advance(21 * time.Second) // short expired; long still inside the 1m cap
+	if got := []cache.Result{review(short), review(long)}; !cmp.Equal(got, []cache.Result{cache.Miss, cache.Hit}) {
+		t.Errorf("after 21s = %v, want miss (token expired), hit", got)
+	}
+	clk.advance(40 * time.Second) // long is past the 1m cap
+	if got := review(long); got != cache.Miss {
+		t.Errorf("after 61s = %v, want miss (cache cap)", got)
+	}
+}
+
+func TestConcurrentReviewsOfOneTokenCoalesce(t *testing.T) {
+	clk := &fixedClock{t: time.Now()}
+	tok := jwt(clk.t.Add(time.Hour))
+	r := &fakeReviewer{delay: 50 * time.Millisecond, answers: map[string]authenticationv1.TokenReviewStatus{tok: boundStatus("team-a", "web", "p", "u")}}
+	a := newAuth(t, r, clk)
+	var wg sync.WaitGroup
+	for range 100 {
+		wg.Go(func() {
+			if _, _, err := a.Authenticate(t.Context(), tok); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	if r.calls.Load() != 1 {
+		t.Errorf("TokenReviews = %d, want 1", r.calls.Load())
+	}
+}
+
+func TestExpiry(t *testing.T) {
+	exp := time.Unix(1893456000, 0)
+	if got, ok := expiry(jwt(exp)); !ok || !got.Equal(exp) {
+		t.Errorf("expiry = %v, %v", got, ok)
+	}
+	for _, bad := range []string{"", "a.b", "a.!!!.c", "a." + base64.RawURLEncoding.EncodeToString([]byte(`{"exp":"soon"}`)) + ".c", "a." + base64.RawURLEncoding.EncodeToString([]byte(`{}`)) + ".c"} {
+		if _, ok := expiry(bad); ok {
+			t.Errorf("expiry(%q) ok, want not", bad)
+		}
+	}
+}

@@ -1,0 +1,240 @@
+package cache
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+type clock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *clock) now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
+func (c *clock) advance(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
+
+var errTransient = errors.New("throttled")
+
+func newCache(clk *clock, capacity int, ttl, stale time.Duration) *Cache[string] {
+	return New[string](Options{
+		Capacity: capacity, TTL: ttl, StaleIfError: stale, Now: clk.now,
+		ServeStale: func(err error) bool { return errors.Is(err, errTransient) },
+	})
+}
+
+// loader returns value v with ttl, or err, and counts its calls.
+func loader(calls *atomic.Int64, v string, ttl time.Duration, err error) Loader[string] {
+	return func(context.Context) (string, time.Duration, error) {
+		calls.Add(1)
+		return v, ttl, err
+	}
+}
+
+func TestHitMissExpiry(t *testing.T) {
+	clk := &clock{t: time.Unix(1000, 0)}
+	c := newCache(clk, 10, time.Minute, 0)
+	var calls atomic.Int64
+	get := func(want string, wantRes Result) {
+		t.Helper()
+		v, res, err := c.Get(t.Context(), "k", loader(&calls, "v"+fmt.Sprint(calls.Load()+1), 0, nil))
+		if err != nil || v != want || res != wantRes {
+			t.Fatalf("Get = %q, %v, %v; want %q, %v", v, res, err, want, wantRes)
+		}
+	}
+	get("v1", Miss)
+	get("v1", Hit)
+	clk.advance(59 * time.Second)
+	get("v1", Hit)
+	clk.advance(time.Second)
+	get("v2", Miss)
+	want := Stats{Entries: 1, Capacity: 10, Hits: 2, Misses: 2, TTL: time.Minute}
+	if diff := cmp.Diff(want, c.Stats()); diff != "" {
+		t.Errorf("stats (-want +got):\n%s", diff)
+	}
+}
+
+func TestLoaderTTL(t *testing.T) {
+	tests := []struct {
+		name      string
+		ttl       time.Duration
+		after     time.Duration
+		wantCalls int64
+	}{
+		{"shorter ttl honoured", 10 * time.Second, 11 * time.Second, 2},
+		{"shorter ttl still live", 10 * time.Second, 9 * time.Second, 1},
+		{"longer ttl capped", time.Hour, 61 * time.Second, 2},
+		{"negative ttl not cached", -1, 0, 2},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			clk := &clock{t: time.Unix(1000, 0)}
+			c := newCache(clk, 10, time.Minute, 0)
+			var calls atomic.Int64
+			_, _, _ = c.Get(t.Context(), "k", loader(&calls, "v", tt.ttl, nil))
+			clk.advance(tt.after)
+			_, _, _ = c.Get(t.Context(), "k", loader(&calls, "v", tt.ttl, nil))
+			if calls.Load() != tt.wantCalls {
+				t.Errorf("loads = %d, want %d", calls.Load(), tt.wantCalls)
+			}
+		})
+	}
+}
+
+func TestErrorsAreNotCached(t *testing.T) {
+	clk := &clock{t: time.Unix(1000, 0)}
+	c := newCache(clk, 10, time.Minute, 0)
+	var calls atomic.Int64
+	boom := errors.New("boom")
+	for range 3 {
+		if _, _, err := c.Get(t.Context(), "k", loader(&calls, "", 0, boom)); !errors.Is(err, boom) {
+			t.Fatalf("err = %v, want boom", err)
+		}
+	}
+	if calls.Load() != 3 {
+		t.Errorf("loads = %d, want 3", calls.Load())
+	}
+}
+
+func TestCapacityEvictsLeastRecentlyUsed(t *testing.T) {
+	clk := &clock{t: time.Unix(1000, 0)}
+	c := newCache(clk, 2, time.Minute, 0)
+	var calls atomic.Int64
+	for _, k := range []string{"a", "b", "a", "c"} { // "b" is least recently used when "c" arrives
+		_, _, _ = c.Get(t.Context(), k, loader(&calls, k, 0, nil))
+	}
+	if _, ok := c.Peek("b"); ok {
+		t.Error("b survived eviction")
+	}
+	for _, k := range []string{"a", "c"} {
+		if _, ok := c.Peek(k); !ok {
+			t.Errorf("%s was evicted", k)
+		}
+	}
+	if s := c.Stats(); s.Evictions != 1 || s.Entries != 2 {
+		t.Errorf("stats = %+v, want 1 eviction and 2 entries", s)
+	}
+}
+
+func TestConcurrentLookupsShareOneLoad(t *testing.T) {
+	clk := &clock{t: time.Unix(1000, 0)}
+	c := newCache(clk, 10, time.Minute, 0)
+	var calls atomic.Int64
+	release := make(chan struct{})
+	load := func(context.Context) (string, time.Duration, error) {
+		calls.Add(1)
+		<-release
+		return "v", 0, nil
+	}
+	const n = 200
+	var wg sync.WaitGroup
+	results := make(chan Result, n)
+	for range n {
+		wg.Go(func() {
+			v, res, err := c.Get(t.Context(), "k", load)
+			if err != nil || v != "v" {
+				t.Errorf("Get = %q, %v", v, err)
+			}
+			results <- res
+		})
+	}
+	// Let the lookups pile up on the one load, then release it. Lookups
+	// arriving after the release find the entry (hits).
+	time.Sleep(50 * time.Millisecond)
+	close(release)
+	wg.Wait()
+	close(results)
+	count := map[Result]int{}
+	for r := range results {
+		count[r]++
+	}
+	if calls.Load() != 1 {
+		t.Errorf("loads = %d, want 1", calls.Load())
+	}
+	s := c.Stats()
+	if s.Misses+s.Coalesced+s.Hits != n || s.Misses != 1 || count[Miss] != 1 {
+		t.Errorf("stats %+v, results %v: want exactly one miss and %d lookups", s, count, n)
+	}
+}
+
+func TestLoadOutlivesImpatientCaller(t *testing.T) {
+	clk := &clock{t: time.Unix(1000, 0)}
+	c := newCache(clk, 10, time.Minute, 0)
+	release := make(chan struct{})
+	loaded := make(chan error, 1)
+	ctx, cancel := context.WithCancel(t.Context())
+	go func() {
+		_, _, err := c.Get(ctx, "k", func(lctx context.Context) (string, time.Duration, error) {
+			<-release
+			loaded <- lctx.Err()
+			return "v", 0, nil
+		})
+		if !errors.Is(err, context.Canceled) {
+			t.Errorf("impatient Get err = %v, want context.Canceled", err)
+		}
+	}()
+	time.Sleep(10 * time.Millisecond)
+	cancel()
+	time.Sleep(10 * time.Millisecond)
+	close(release)
+	if err := <-loaded; err != nil {
+		t.Errorf("load context ended with the caller: %v", err)
+	}
+	// The finished load filled the cache for the next caller.
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		if v, ok := c.Peek("k"); ok && v == "v" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the load's value never reached the cache")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+func TestStaleIfError(t *testing.T) {
+	tests := []struct {
+		name      string
+		stale     time.Duration
+		after     time.Duration
+		err       error
+		wantValue string
+		wantRes   Result
+		wantErr   bool
+	}{
+		{"transient error inside the window serves stale", 30 * time.Second, 80 * time.Second, errTransient, "old", Stale, false},
+		{"transient error past the window fails", 30 * time.Second, 91 * time.Second, errTransient, "", Miss, true},
+		{"final error never serves stale", 30 * time.Second, 80 * time.Second, errors.New("not found"), "", Miss, true},
+		{"disabled", 0, 61 * time.Second, errTransient, "", Miss, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			clk := &clock{t: time.Unix(1000, 0)}
+			c := newCache(clk, 10, time.Minute, tt.stale)
+			var calls atomic.Int64
+			if _, _, err := c.Get(t.Context(), "k", loader(&calls, "old", 0, nil)); err != nil {
+				t.Fatal(err)
+			}
+			clk.advance(tt.after)
+			v, res, err := c.Get(t.Context(), "k", loader(&calls, "", 0, tt.err))
+			if (err != nil) != tt.wantErr || v != tt.wantValue || res != tt.wantRes {
+				t.Errorf("Get = %q, %v, %v; want %q, %v, error %v", v, res, err, tt.wantValue, tt.wantRes, tt.wantErr)
+			}
+			// A successful refresh replaces the stale entry.
+			if v, _, err := c.Get(t.Context(), "k", loader(&calls, "new", 0, nil)); err != nil || v != "new" {
+				t.Errorf("refresh = %q, %v", v, err)
+			}
+		})
+	}
+}

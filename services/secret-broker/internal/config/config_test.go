@@ -1,0 +1,80 @@
+package config
+
+import (
+	"io"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/piggysec/piggy/libs/podsettings"
+	"github.com/piggysec/piggy/services/secret-broker/internal/policy"
+)
+
+var tlsArgs = []string{"--tls-cert-file=c", "--tls-key-file=k", "--tls-ca-file=ca"}
+
+func load(args []string, env map[string]string) (Config, error) {
+	return Load(append(append([]string{}, tlsArgs...), args...), func(k string) (string, bool) { v, ok := env[k]; return v, ok }, io.Discard)
+}
+
+func TestDefaults(t *testing.T) {
+	c, err := load(nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.TokenAudience != "piggy" || c.AllowUnboundTokens || !c.PodInformer || c.TokenCacheTTL != time.Minute || c.StaleIfError != 0 || c.RequestTimeout != 8*time.Second {
+		t.Errorf("defaults = %+v", c)
+	}
+	want := policy.Rules{SecretsManager: []string{"{namespace}/*"}, SSM: []string{"/{namespace}", "/{namespace}/*"}}
+	if diff := cmp.Diff(want, c.Rules); diff != "" {
+		t.Errorf("rules (-want +got):\n%s", diff)
+	}
+}
+
+func TestEnvironment(t *testing.T) {
+	c, err := load([]string{"--token-audience=flag-wins"}, map[string]string{
+		"TOKEN_AUDIENCE":                   "env",
+		"SECRETS_MANAGER_POLICY":           "shared/*, {namespace}/{serviceaccount}/*",
+		"SSM_POLICY":                       "",
+		"PIGGY_DEFAULT_SECRET_NAME_PREFIX": "prod/",
+		"PIGGY_ENFORCE_SERVICE_ACCOUNT":    "true",
+		"LOCKED_SETTINGS":                  "piggy-enforce-service-account, piggysec.com/piggy-enforce-integrity",
+		"STALE_IF_ERROR":                   "5m",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := policy.Rules{SecretsManager: []string{"shared/*", "{namespace}/{serviceaccount}/*"}, DefaultPrefix: "prod/"}
+	if diff := cmp.Diff(want, c.Rules); diff != "" {
+		t.Errorf("rules (-want +got):\n%s", diff)
+	}
+	if c.TokenAudience != "flag-wins" || c.StaleIfError != 5*time.Minute {
+		t.Errorf("config = %+v", c)
+	}
+	if !c.Defaults.Locked[podsettings.EnforceServiceAccount] || !c.Defaults.Locked[podsettings.EnforceIntegrity] || c.Defaults.Values[podsettings.EnforceServiceAccount] != "true" {
+		t.Errorf("defaults = %+v", c.Defaults)
+	}
+}
+
+func TestInvalid(t *testing.T) {
+	tests := []struct {
+		args []string
+		env  map[string]string
+		want string
+	}{
+		{[]string{"--secrets-manager-policy={ns}/*"}, nil, "placeholders"},
+		{[]string{"--token-audience="}, nil, "--token-audience"},
+		{[]string{"--secret-cache-ttl=0s"}, nil, "--secret-cache-ttl must be positive"},
+		{[]string{"--stale-if-error=-1s"}, nil, "--stale-if-error"},
+		{[]string{"--aws-max-attempts=0"}, nil, "--aws-max-attempts"},
+		{[]string{"--locked-settings=piggy-enforce-intgrity"}, nil, `"piggy-enforce-intgrity" is not a piggy annotation`},
+		{nil, map[string]string{"ALLOW_UNBOUND_TOKENS": "sometimes"}, `invalid value "sometimes" for ALLOW_UNBOUND_TOKENS`},
+	}
+	for _, tt := range tests {
+		_, err := load(tt.args, tt.env)
+		if err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("Load(%v, %v) = %v, want an error with %q", tt.args, tt.env, err, tt.want)
+		}
+	}
+}

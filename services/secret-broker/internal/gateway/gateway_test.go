@@ -1,0 +1,208 @@
+package gateway
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	secretbrokerv1 "github.com/piggysec/piggy/libs/gen/piggy/secretbroker/v1"
+	"github.com/piggysec/piggy/libs/logging"
+	"github.com/piggysec/piggy/libs/serve"
+	"github.com/piggysec/piggy/libs/testca"
+	"github.com/piggysec/piggy/libs/tlsreload"
+	"github.com/piggysec/piggy/services/secret-broker/internal/broker"
+	"github.com/piggysec/piggy/services/secret-broker/internal/cache"
+	"github.com/piggysec/piggy/services/secret-broker/internal/fault"
+	"github.com/piggysec/piggy/services/secret-broker/internal/grpcapi"
+)
+
+// fakeBroker answers by token: "ok" succeeds, "<kind>" fails with that kind.
+type fakeBroker struct {
+	got chan broker.Request
+}
+
+func (f *fakeBroker) GetSecrets(_ context.Context, r broker.Request) (broker.Response, error) {
+	f.got <- r
+	kinds := map[string]fault.Kind{
+		"invalid": fault.InvalidArgument, "precondition": fault.FailedPrecondition, "": fault.Unauthenticated,
+		"denied": fault.PermissionDenied, "missing": fault.NotFound, "down": fault.Unavailable, "bug": fault.Internal,
+	}
+	if k, ok := kinds[r.Token]; ok {
+		return broker.Response{}, fault.New(k, "test", `secret "team-a/web": %s`, k)
+	}
+	return broker.Response{Values: map[string]logging.Secret{"db": "pw"}, Missing: []string{"x"}, SourceName: "team-a/web"}, nil
+}
+func (f *fakeBroker) Explain(context.Context, broker.ExplainRequest) (broker.Explanation, error) {
+	return broker.Explanation{}, nil
+}
+func (f *fakeBroker) CacheStats() (cache.Stats, cache.Stats) { return cache.Stats{}, cache.Stats{} }
+
+type env struct {
+	url      string
+	client   *http.Client
+	fb       *fakeBroker
+	grpcAddr string
+	dir      string
+}
+
+// start serves the real gRPC API (mTLS) with a fake broker and the gateway
+// (HTTPS) dialing it over loopback, as run.go wires them.
+func start(t *testing.T) *env {
+	t.Helper()
+	ca, err := testca.New("gateway test CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	files, err := ca.WriteFiles(dir, "broker", testca.Request{CommonName: "broker", Hosts: testca.LoopbackHosts, Usage: testca.Server | testca.Client})
+	if err != nil {
+		t.Fatal(err)
+	}
+	src, err := tlsreload.Load(files)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fb := &fakeBroker{got: make(chan broker.Request, 10)}
+	gs, health, err := serve.NewGRPCServer(serve.GRPCOptions{TLS: src.ServerConfig(true), Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	secretbrokerv1.RegisterSecretBrokerServiceServer(gs, grpcapi.New(fb))
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- serve.GRPC(ctx, gs, health, ln, time.Second) }()
+	t.Cleanup(func() { cancel(); <-done })
+
+	conn, err := Dial(LoopbackTarget(ln.Addr()), src.ClientConfig(""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	mux := http.NewServeMux()
+	if err := Register(t.Context(), mux, conn); err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewTLSServer(mux)
+	t.Cleanup(hs.Close)
+	return &env{url: hs.URL, client: hs.Client(), fb: fb, grpcAddr: ln.Addr().String(), dir: dir}
+}
+
+func (e *env) post(t *testing.T, auth, body string) (int, map[string]any) {
+	t.Helper()
+	req, err := http.NewRequestWithContext(t.Context(), http.MethodPost, e.url+"/v1/secrets", strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if auth != "" {
+		req.Header.Set("Authorization", auth)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := e.client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	data, _ := io.ReadAll(resp.Body)
+	var out map[string]any
+	if err := json.Unmarshal(data, &out); err != nil {
+		t.Fatalf("body %q: %v", data, err)
+	}
+	return resp.StatusCode, out
+}
+
+func TestGatewayJSON(t *testing.T) {
+	e := start(t)
+	code, got := e.post(t, "Bearer ok", `{"containerUid":"u1","signature":"s1","keys":["db","x"],"futureField":1}`)
+	if code != http.StatusOK {
+		t.Fatalf("status = %d, body %v", code, got)
+	}
+	want := map[string]any{"values": map[string]any{"db": "pw"}, "missingKeys": []any{"x"}, "sourceName": "team-a/web"}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("body (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff(broker.Request{Token: "ok", ContainerUID: "u1", Signature: "s1", Keys: []string{"db", "x"}}, <-e.fb.got); diff != "" {
+		t.Errorf("broker request (-want +got):\n%s", diff)
+	}
+}
+
+func TestGatewayErrors(t *testing.T) {
+	e := start(t)
+	tests := []struct {
+		auth       string
+		wantStatus int
+		wantCode   codes.Code
+	}{
+		{"Bearer invalid", http.StatusBadRequest, codes.InvalidArgument},
+		{"Bearer precondition", http.StatusBadRequest, codes.FailedPrecondition},
+		{"", http.StatusUnauthorized, codes.Unauthenticated},
+		{"Bearer denied", http.StatusForbidden, codes.PermissionDenied},
+		{"Bearer missing", http.StatusNotFound, codes.NotFound},
+		{"Bearer down", http.StatusServiceUnavailable, codes.Unavailable},
+		{"Bearer bug", http.StatusInternalServerError, codes.Internal},
+	}
+	for _, tt := range tests {
+		t.Run(tt.wantCode.String(), func(t *testing.T) {
+			status, body := e.post(t, tt.auth, `{"containerUid":"u","signature":"s","keys":["db"]}`)
+			<-e.fb.got
+			if status != tt.wantStatus || body["code"] != float64(tt.wantCode) {
+				t.Errorf("got %d %v, want %d code %d", status, body, tt.wantStatus, tt.wantCode)
+			}
+			if msg, _ := body["message"].(string); !strings.Contains(msg, `secret "team-a/web"`) {
+				t.Errorf("message %q does not name the secret", msg)
+			}
+			if _, ok := body["details"]; !ok {
+				t.Errorf("body %v has no details", body)
+			}
+		})
+	}
+}
+
+func TestGatewayRejectsBadBodies(t *testing.T) {
+	e := start(t)
+	for _, body := range []string{`{`, `{"keys":"db"}`, `{"keys":["` + strings.Repeat("k", MaxBodyBytes) + `"]}`} {
+		status, out := e.post(t, "Bearer ok", body)
+		if status != http.StatusBadRequest || out["code"] != float64(codes.InvalidArgument) {
+			t.Errorf("body of %d bytes: got %d %v, want 400 InvalidArgument", len(body), status, out)
+		}
+	}
+	select {
+	case r := <-e.fb.got:
+		t.Errorf("a malformed body reached the broker: %+v", r)
+	default:
+	}
+}
+
+func TestGRPCRequiresClientCertificate(t *testing.T) {
+	e := start(t)
+	caOnly, err := tlsreload.Load(tlsreload.Files{CAFile: filepath.Join(e.dir, "ca.crt")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := Dial(e.grpcAddr, caOnly.ClientConfig("127.0.0.1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	defer cancel()
+	_, err = secretbrokerv1.NewSecretBrokerServiceClient(conn).GetCacheStats(ctx, &secretbrokerv1.GetCacheStatsRequest{})
+	if status.Code(err) != codes.Unavailable {
+		t.Errorf("GetCacheStats without a client certificate = %v, want the handshake refused (Unavailable)", err)
+	}
+}

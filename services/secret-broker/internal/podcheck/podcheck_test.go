@@ -1,0 +1,155 @@
+package podcheck
+
+import (
+	"context"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/piggysec/piggy/libs/podidentity"
+	"github.com/piggysec/piggy/libs/podsettings"
+	"github.com/piggysec/piggy/services/secret-broker/internal/authn"
+	"github.com/piggysec/piggy/services/secret-broker/internal/fault"
+)
+
+// fakePods is a PodSource over a fixed list.
+type fakePods []*corev1.Pod
+
+func (f fakePods) Pod(_ context.Context, ns, name, _ string) (*corev1.Pod, error) {
+	for _, p := range f {
+		if p.Namespace == ns && p.Name == name {
+			return p, nil
+		}
+	}
+	return nil, fault.New(fault.PermissionDenied, "pod_not_found", "no pod")
+}
+
+func (f fakePods) PodsWithContainerUID(_ context.Context, ns, uid string) ([]*corev1.Pod, error) {
+	var out []*corev1.Pod
+	for _, p := range f {
+		ids, _ := podidentity.Parse(p.Annotations[podidentity.AnnotationKey])
+		if _, ok, _ := ids.Match(uid, ""); ok && p.Namespace == ns {
+			out = append(out, p)
+		}
+	}
+	return out, nil
+}
+
+const (
+	uidApp = "0123456789abcdef0123456789abcdef"
+	uidJob = "fedcba9876543210fedcba9876543210"
+)
+
+var sigApp = podidentity.Signature([]string{"/app", "serve"})
+
+func pod(name, uid, sa string, annotations map[string]string) *corev1.Pod {
+	return &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "team-a", Name: name, UID: types.UID(uid), Annotations: annotations},
+		Spec:       corev1.PodSpec{ServiceAccountName: sa},
+	}
+}
+
+func identities() map[string]string {
+	return map[string]string{podidentity.AnnotationKey: podidentity.Identities{
+		"app": {UID: uidApp, Signature: sigApp},
+		"job": {UID: uidJob, Signature: ""},
+	}.Format()}
+}
+
+func with(m map[string]string, kv ...string) map[string]string {
+	for i := 0; i < len(kv); i += 2 {
+		m[kv[i]] = kv[i+1]
+	}
+	return m
+}
+
+func TestCheck(t *testing.T) {
+	bound := authn.Identity{Namespace: "team-a", ServiceAccount: "web", PodName: "web-1", PodUID: "pod-uid-1"}
+	tests := []struct {
+		name       string
+		pods       fakePods
+		defaults   podsettings.Defaults
+		id         authn.Identity
+		ctr        Container
+		wantReason string
+		wantName   string
+	}{
+		{name: "match", pods: fakePods{pod("web-1", "pod-uid-1", "web", identities())}, id: bound, ctr: Container{uidApp, sigApp}, wantName: "app"},
+		{name: "pod gone", pods: nil, id: bound, ctr: Container{uidApp, sigApp}, wantReason: "pod_not_found"},
+		{name: "pod recreated under the same name", pods: fakePods{pod("web-1", "pod-uid-2", "web", identities())}, id: bound, ctr: Container{uidApp, sigApp}, wantReason: "pod_mismatch"},
+		{name: "other service account", pods: fakePods{pod("web-1", "pod-uid-1", "api", identities())}, id: bound, ctr: Container{uidApp, sigApp}, wantReason: "pod_mismatch"},
+		{name: "default service account", pods: fakePods{pod("web-1", "pod-uid-1", "", identities())}, id: authn.Identity{Namespace: "team-a", ServiceAccount: "default", PodName: "web-1", PodUID: "pod-uid-1"}, ctr: Container{uidApp, sigApp}, wantName: "app"},
+		{name: "wrong uid", pods: fakePods{pod("web-1", "pod-uid-1", "web", identities())}, id: bound, ctr: Container{"00000000000000000000000000000000", sigApp}, wantReason: "container_uid_mismatch"},
+		{name: "empty uid", pods: fakePods{pod("web-1", "pod-uid-1", "web", identities())}, id: bound, ctr: Container{"", sigApp}, wantReason: "container_uid_mismatch"},
+		{name: "wrong signature", pods: fakePods{pod("web-1", "pod-uid-1", "web", identities())}, id: bound, ctr: Container{uidApp, podidentity.Signature([]string{"/bin/sh"})}, wantReason: "signature_mismatch"},
+		{name: "empty signature", pods: fakePods{pod("web-1", "pod-uid-1", "web", identities())}, id: bound, ctr: Container{uidApp, ""}, wantReason: "signature_mismatch"},
+		{name: "empty signature on both sides", pods: fakePods{pod("web-1", "pod-uid-1", "web", identities())}, id: bound, ctr: Container{uidJob, ""}, wantReason: "signature_mismatch"},
+		{name: "no annotation", pods: fakePods{pod("web-1", "pod-uid-1", "web", nil)}, id: bound, ctr: Container{uidApp, sigApp}, wantReason: "container_uid_mismatch"},
+		{name: "unreadable annotation", pods: fakePods{pod("web-1", "pod-uid-1", "web", map[string]string{podidentity.AnnotationKey: "{"})}, id: bound, ctr: Container{uidApp, sigApp}, wantReason: "identity_unreadable"},
+		{
+			name: "integrity off by annotation", pods: fakePods{pod("web-1", "pod-uid-1", "web", with(identities(), podsettings.Prefix+podsettings.EnforceIntegrity, "false"))},
+			id: bound, ctr: Container{uidApp, "whatever"}, wantName: "app",
+		},
+		{
+			name: "integrity locked on by the operator", pods: fakePods{pod("web-1", "pod-uid-1", "web", with(identities(), podsettings.Prefix+podsettings.EnforceIntegrity, "false"))},
+			defaults: podsettings.LoadDefaults(func(string) string { return "" }, []string{podsettings.EnforceIntegrity}),
+			id:       bound, ctr: Container{uidApp, "whatever"}, wantReason: "signature_mismatch",
+		},
+		{
+			name: "unparsable integrity annotation stays on", pods: fakePods{pod("web-1", "pod-uid-1", "web", with(identities(), podsettings.Prefix+podsettings.EnforceIntegrity, "nope"))},
+			id: bound, ctr: Container{uidApp, "whatever"}, wantReason: "signature_mismatch",
+		},
+		{
+			name: "bad settings", pods: fakePods{pod("web-1", "pod-uid-1", "web", with(identities(), podsettings.Prefix+podsettings.AWSSSMParameterPath, "no-slash"))},
+			id: bound, ctr: Container{uidApp, sigApp}, wantReason: "pod_settings",
+		},
+		{
+			name: "unbound token finds the pod by container uid", pods: fakePods{pod("web-1", "pod-uid-1", "web", identities()), pod("other", "pod-uid-9", "api", nil)},
+			id: authn.Identity{Namespace: "team-a", ServiceAccount: "web"}, ctr: Container{uidApp, sigApp}, wantName: "app",
+		},
+		{
+			name: "unbound token of another service account", pods: fakePods{pod("web-1", "pod-uid-1", "web", identities())},
+			id: authn.Identity{Namespace: "team-a", ServiceAccount: "api"}, ctr: Container{uidApp, sigApp}, wantReason: "pod_not_found",
+		},
+		{
+			name: "unbound token without container uid", pods: fakePods{pod("web-1", "pod-uid-1", "web", identities())},
+			id: authn.Identity{Namespace: "team-a", ServiceAccount: "web"}, ctr: Container{"", sigApp}, wantReason: "pod_not_found",
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := New(tt.pods, tt.defaults)
+			res, err := c.Check(t.Context(), tt.id, tt.ctr)
+			if tt.wantReason != "" {
+				if fault.ReasonOf(err) != tt.wantReason || err == nil {
+					t.Fatalf("err = %v (reason %q), want reason %q", err, fault.ReasonOf(err), tt.wantReason)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res.ContainerName != tt.wantName {
+				t.Errorf("container = %q, want %q", res.ContainerName, tt.wantName)
+			}
+		})
+	}
+}
+
+func TestSettingsFromAnnotationsAndDefaults(t *testing.T) {
+	env := map[string]string{"AWS_REGION": "eu-west-3", "PIGGY_ENFORCE_SERVICE_ACCOUNT": "true"}
+	defaults := podsettings.LoadDefaults(func(k string) string { return env[k] }, nil)
+	p := pod("web-1", "pod-uid-1", "web", with(identities(),
+		podsettings.Prefix+podsettings.AWSSecretName, "team-a/db",
+		podsettings.Prefix+podsettings.AWSSecretVersion, "AWSPREVIOUS"))
+	res, err := New(fakePods{p}, defaults).Check(t.Context(), authn.Identity{Namespace: "team-a", ServiceAccount: "web", PodName: "web-1", PodUID: "pod-uid-1"}, Container{uidApp, sigApp})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := res.Settings
+	if s.SecretName != "team-a/db" || s.SecretVersion != "AWSPREVIOUS" || s.Region != "eu-west-3" || !s.EnforceServiceAccount || !s.EnforceIntegrity {
+		t.Errorf("settings = %+v", s)
+	}
+}
