@@ -15,8 +15,8 @@ import (
 	"google.golang.org/grpc/status"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	secretbrokerv1 "github.com/piggysec/piggy/libs/gen/piggy/secretbroker/v1"
 	"github.com/piggysec/piggy/libs/awslocal"
+	secretbrokerv1 "github.com/piggysec/piggy/libs/gen/piggy/secretbroker/v1"
 	"github.com/piggysec/piggy/libs/kubetest"
 	"github.com/piggysec/piggy/libs/podidentity"
 	"github.com/piggysec/piggy/libs/tlsreload"

@@ -31,8 +31,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
-	secretbrokerv1 "github.com/piggysec/piggy/libs/gen/piggy/secretbroker/v1"
 	"github.com/piggysec/piggy/libs/awslocal"
+	secretbrokerv1 "github.com/piggysec/piggy/libs/gen/piggy/secretbroker/v1"
 	"github.com/piggysec/piggy/libs/kubetest"
 	"github.com/piggysec/piggy/libs/podidentity"
 	"github.com/piggysec/piggy/libs/proctest"
