@@ -148,7 +148,7 @@ func (s *Stack) createMutated(ctx context.Context, cs kubernetes.Interface, pod 
 		if err != nil {
 			return nil, err
 		}
-		if got.Annotations[podidentity.AnnotationKey] != "" {
+		if len(got.Spec.InitContainers) > 0 && got.Spec.InitContainers[0].Name == "install-piggy-env" {
 			return got, nil
 		}
 		_ = pods.Delete(ctx, got.Name, metav1.DeleteOptions{})

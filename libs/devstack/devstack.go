@@ -76,6 +76,9 @@ const (
 	brokerNamespace    = "piggy"
 	brokerSA           = "secret-broker"
 	brokerRole         = "arn:aws:iam::123456789012:role/piggy-secret-broker"
+	// DemoAppRole is the IAM role the demo service account may assume
+	// itself (standalone mode, IRSA).
+	DemoAppRole = "arn:aws:iam::123456789012:role/piggy-demo-app"
 	stsAudience        = "sts.amazonaws.com"
 )
 
@@ -320,7 +323,10 @@ func (s *Stack) startAWS(ctx context.Context) ([]string, error) {
 	aws, err := awslocal.New(awslocal.Options{
 		Region:      s.opts.Region,
 		WebIdentity: &awslocal.WebIdentity{Issuer: kubetest.ServiceAccountIssuer, Audience: stsAudience, JWKS: jwks},
-		Trust:       map[string][]string{brokerRole: {"system:serviceaccount:" + brokerNamespace + ":" + brokerSA}},
+		Trust: map[string][]string{
+			brokerRole:  {"system:serviceaccount:" + brokerNamespace + ":" + brokerSA},
+			DemoAppRole: {"system:serviceaccount:" + DemoNamespace + ":" + DemoServiceAccount},
+		},
 	})
 	if err != nil {
 		return nil, err
