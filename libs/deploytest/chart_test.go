@@ -1,7 +1,9 @@
 package deploytest
 
 import (
+	"crypto/sha256"
 	"crypto/x509"
+	"fmt"
 	"encoding/pem"
 	"os"
 	"path/filepath"
@@ -324,6 +326,14 @@ func checkTLS(t *testing.T, objs []*unstructured.Unstructured, variant string, d
 		}
 		if validity := leaf.NotAfter.Sub(leaf.NotBefore); validity < 300*24*time.Hour {
 			t.Errorf("%s: certificate valid for %s", c, validity)
+		}
+		// The pods' checksum is the hash of exactly this material, even
+		// when it was generated in this render.
+		s := one[corev1.Secret](t, objs, "Secret", name(c)+"-tls")
+		d := one[appsv1.Deployment](t, objs, "Deployment", name(c))
+		want := fmt.Sprintf("%x", sha256.Sum256(append(append([]byte{}, s.Data["ca.crt"]...), s.Data["tls.crt"]...)))
+		if got := d.Spec.Template.Annotations["checksum/tls"]; got != want {
+			t.Errorf("%s: checksum/tls %q is not the hash of its rendered certificate (%q)", c, got, want)
 		}
 	}
 	if !slices.Contains(disabled, "admission-gateway") {
