@@ -16,7 +16,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
-	"github.com/piggysec/piggy/libs/kubetest"
 	"github.com/piggysec/piggy/libs/podidentity"
 	"github.com/piggysec/piggy/libs/podrun"
 )
@@ -70,14 +69,6 @@ func (s *Stack) Demo(ctx context.Context) (*DemoResult, error) {
 	fmt.Fprintln(out, "\nDemo")
 
 	t := time.Now()
-	if _, err := cs.CoreV1().Namespaces().Get(ctx, DemoNamespace, metav1.GetOptions{}); err != nil {
-		if _, err := kubetest.CreateNamespace(ctx, cs, DemoNamespace); err != nil {
-			return nil, err
-		}
-		if _, err := kubetest.CreateServiceAccount(ctx, cs, DemoNamespace, DemoServiceAccount); err != nil {
-			return nil, err
-		}
-	}
 	pod, err := s.createMutated(ctx, cs, s.DemoPod(fmt.Sprintf("demo-app-%d", time.Now().Unix()%100000)))
 	if err != nil {
 		return nil, fmt.Errorf("create the demo pod: %w", err)

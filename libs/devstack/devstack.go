@@ -79,7 +79,7 @@ const (
 	// DemoAppRole is the IAM role the demo service account may assume
 	// itself (standalone mode, IRSA).
 	DemoAppRole = "arn:aws:iam::123456789012:role/piggy-demo-app"
-	stsAudience        = "sts.amazonaws.com"
+	stsAudience = "sts.amazonaws.com"
 )
 
 // DemoValues are the demo secret's values (not real secrets).
@@ -310,6 +310,12 @@ func (s *Stack) startAWS(ctx context.Context) ([]string, error) {
 		return nil, err
 	}
 	if _, err := kubetest.CreateServiceAccount(ctx, cs, brokerNamespace, brokerSA); err != nil {
+		return nil, err
+	}
+	if _, err := kubetest.CreateNamespace(ctx, cs, DemoNamespace); err != nil {
+		return nil, err
+	}
+	if _, err := kubetest.CreateServiceAccount(ctx, cs, DemoNamespace, DemoServiceAccount); err != nil {
 		return nil, err
 	}
 	env := []string{"AWS_REGION=" + s.opts.Region}
