@@ -3,8 +3,8 @@ package deploytest
 import (
 	"crypto/sha256"
 	"crypto/x509"
-	"fmt"
 	"encoding/pem"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
