@@ -4,6 +4,7 @@ SHELL := bash
 .DEFAULT_GOAL := help
 
 BUF_VERSION := 1.75.0
+GRPCURL_VERSION := v1.9.4
 TOOLS_DIR   := $(CURDIR)/.cache/tools
 BUF         := $(TOOLS_DIR)/buf-$(BUF_VERSION)/node_modules/.bin/buf
 GO_MODULES  := libs services/admission-gateway services/image-resolver services/secret-broker services/piggy-env
@@ -23,8 +24,13 @@ $(BUF):
 	@mkdir -p $(TOOLS_DIR)/buf-$(BUF_VERSION)
 	@npm install --silent --no-audit --no-fund --prefix $(TOOLS_DIR)/buf-$(BUF_VERSION) @bufbuild/buf@$(BUF_VERSION)
 
+GRPCURL := $(TOOLS_DIR)/bin/grpcurl
+$(GRPCURL):
+	@echo "installing grpcurl $(GRPCURL_VERSION) from the Go module proxy"
+	@GOBIN=$(TOOLS_DIR)/bin GOWORK=off go install github.com/fullstorydev/grpcurl/cmd/grpcurl@$(GRPCURL_VERSION)
+
 .PHONY: tools
-tools: $(BUF) ## Install the pinned tools (buf; protoc plugins come from tools/go.mod).
+tools: $(BUF) $(GRPCURL) ## Install the pinned tools (buf, grpcurl; protoc plugins come from tools/go.mod).
 
 .PHONY: generate
 generate: $(BUF) ## Regenerate libs/gen from proto/ (offline, pinned plugins).
@@ -66,8 +72,12 @@ build: ## Build the four binaries into bin/.
 	@echo "bin/piggy-env"; CGO_ENABLED=0 go build -trimpath -ldflags='-s -w' -o bin/piggy-env ./services/piggy-env
 
 .PHONY: dev
-dev: kube-binaries build ## Run the whole stack locally (kube-apiserver, services, demo).
-	go run ./libs/cmd/piggy-dev
+dev: kube-binaries $(GRPCURL) ## Run the whole stack locally (kube-apiserver, registry, AWS endpoint, services), run the demo, keep running until Ctrl-C.
+	go run ./libs/cmd/piggy-dev --grpcurl $(GRPCURL) $(DEV_FLAGS)
+
+.PHONY: demo
+demo: kube-binaries ## Run the local stack and the demo once, then stop (exit code says whether it passed).
+	go run ./libs/cmd/piggy-dev --once $(DEV_FLAGS)
 
 .PHONY: clean
 clean: ## Remove build output (keeps the cluster binary cache).
