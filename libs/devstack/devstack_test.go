@@ -89,7 +89,7 @@ func TestDemo(t *testing.T) {
 	}
 	var usage bytes.Buffer
 	s.PrintUsage(&usage, "grpcurl")
-	for _, want := range []string{"export KUBECONFIG=", "grpc.health.v1.Health/Check", "SecretBrokerService/ExplainAccess"} {
+	for _, want := range []string{"export KUBECONFIG=", "grpc.health.v1.Health/Check", "SecretBrokerService/ExplainAccess", "AdmissionGatewayService/ExplainPod"} {
 		if !strings.Contains(usage.String(), want) {
 			t.Errorf("usage lacks %q", want)
 		}

@@ -20,6 +20,7 @@ Piggy is running. Press Ctrl-C to stop everything.
     %[5]s %[6]s %[7]s grpc.health.v1.Health/Check
     %[5]s %[6]s %[8]s grpc.health.v1.Health/Check
     %[5]s %[6]s %[9]s grpc.health.v1.Health/Check
+    %[5]s %[6]s -d '{"namespace":"demo","podJson":"{\"metadata\":{\"name\":\"x\"},\"spec\":{\"serviceAccountName\":\"app\",\"containers\":[{\"name\":\"app\",\"image\":\"%[10]s\",\"env\":[{\"name\":\"A\",\"value\":\"piggy:A\"}]}]}}"}' %[7]s piggy.admissiongateway.v1.AdmissionGatewayService/ExplainPod
     %[5]s %[6]s -d '{"lookup":{"image":"%[10]s","namespace":"demo","serviceAccount":"app"}}' %[8]s piggy.imageresolver.v1.ImageResolverService/ExplainImage
     %[5]s %[6]s %[8]s piggy.imageresolver.v1.ImageResolverService/GetCacheStats
     %[5]s %[6]s -d '{"namespace":"demo","podName":"<pod>","containerName":"app"}' %[9]s piggy.secretbroker.v1.SecretBrokerService/ExplainAccess

@@ -15,9 +15,11 @@ import (
 
 	"github.com/piggysec/piggy/libs/daemon"
 	"github.com/piggysec/piggy/libs/flagenv"
+	admissiongatewayv1 "github.com/piggysec/piggy/libs/gen/piggy/admissiongateway/v1"
 	imageresolverv1 "github.com/piggysec/piggy/libs/gen/piggy/imageresolver/v1"
 	"github.com/piggysec/piggy/libs/serve"
 	"github.com/piggysec/piggy/services/admission-gateway/internal/config"
+	"github.com/piggysec/piggy/services/admission-gateway/internal/grpcapi"
 	"github.com/piggysec/piggy/services/admission-gateway/internal/kubeenv"
 	"github.com/piggysec/piggy/services/admission-gateway/internal/mutate"
 	"github.com/piggysec/piggy/services/admission-gateway/internal/resolverclient"
@@ -61,6 +63,7 @@ func run(ctx context.Context, args []string, lookup flagenv.Lookup) error {
 	if err != nil {
 		return d.Abort(err)
 	}
+	admissiongatewayv1.RegisterAdmissionGatewayServiceServer(grpcServer, grpcapi.New(mutator))
 	if err := d.ServeGRPC("grpc", cfg.GRPCAddress, grpcServer, health); err != nil {
 		return d.Abort(err)
 	}
