@@ -3,7 +3,10 @@ package main
 import (
 	"context"
 	"os"
+	"runtime"
+	"runtime/debug"
 
+	"google.golang.org/grpc"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/piggysec/piggy/libs/daemon"
@@ -31,6 +34,7 @@ func run(ctx context.Context, args []string, lookup flagenv.Lookup) error {
 	if err != nil {
 		return err
 	}
+	debug.SetGCPercent(cfg.GCPercent)
 	d, err := daemon.New(ctx, "secret-broker", version, cfg.Settings, os.Stderr, lookup.Getenv)
 	if err != nil {
 		return err
@@ -102,7 +106,9 @@ func wire(d *daemon.Daemon, cfg config.Config) error {
 		return err
 	}
 
-	grpcServer, health, err := d.NewGRPCServer()
+	// A small pool of stream workers reuses goroutines (and their grown
+	// stacks) across requests instead of starting one per RPC.
+	grpcServer, health, err := d.NewGRPCServer(grpc.NumStreamWorkers(uint32(runtime.GOMAXPROCS(0))))
 	if err != nil {
 		return err
 	}

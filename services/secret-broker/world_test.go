@@ -233,7 +233,7 @@ current-context: c
 		Region:      awsRegion,
 		WebIdentity: &awslocal.WebIdentity{Issuer: kubetest.ServiceAccountIssuer, Audience: "sts.amazonaws.com", JWKS: jwks},
 		Trust:       map[string][]string{brokerRole: {brokerSubject}},
-		Allow:       map[string][]string{brokerRole: {"team-*", "/team-*", "shared/*"}},
+		Allow:       map[string][]string{brokerRole: {"team-*", "/team-*", "rollout-*", "bench-*"}},
 		Logger:      slog.New(slog.NewJSONHandler(allLogs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 	})
 	if err != nil {
@@ -395,10 +395,19 @@ func (w *world) getSecrets(t testing.TB, token string, ctr container, keys ...st
 
 func (w *world) getSecretsWith(t testing.TB, client *http.Client, token string, ctr container, keys ...string) answer {
 	t.Helper()
+	a, err := w.tryGetSecrets(client, token, ctr, keys...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
+// tryGetSecrets is getSecrets for goroutines: it returns errors.
+func (w *world) tryGetSecrets(client *http.Client, token string, ctr container, keys ...string) (answer, error) {
 	body, _ := json.Marshal(map[string]any{"containerUid": ctr.uid, "signature": ctr.signature, "keys": keys})
 	req, err := http.NewRequest(http.MethodPost, "https://"+w.addrs["gateway"]+"/v1/secrets", bytes.NewReader(body))
 	if err != nil {
-		t.Fatal(err)
+		return answer{}, err
 	}
 	if token != "" {
 		req.Header.Set("Authorization", "Bearer "+token)
@@ -406,19 +415,19 @@ func (w *world) getSecretsWith(t testing.TB, client *http.Client, token string, 
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := client.Do(req)
 	if err != nil {
-		t.Fatal(err)
+		return answer{}, err
 	}
 	defer resp.Body.Close()
 	data, err := io.ReadAll(resp.Body)
 	if err != nil {
-		t.Fatal(err)
+		return answer{}, err
 	}
 	var a answer
 	if err := json.Unmarshal(data, &a); err != nil {
-		t.Fatalf("HTTP %d body %q: %v", resp.StatusCode, data, err)
+		return answer{}, fmt.Errorf("HTTP %d body %q: %w", resp.StatusCode, data, err)
 	}
 	a.Status = resp.StatusCode
-	return a
+	return a, nil
 }
 
 // grpcClient dials the broker's gRPC port with the operator's certificate.

@@ -302,10 +302,22 @@ func (b *Broker) finish(ctx context.Context, start time.Time, c *caller, keys in
 		b.opts.Log.InfoContext(ctx, fmt.Sprintf("Request from [sa=%s], [pod=%s] was successful", sa, pod), attrs...)
 	}
 	if b.requests != nil {
-		b.requests.Add(ctx, 1, metric.WithAttributes(attribute.String("outcome", outcome), attribute.String("reason", reason)))
-		b.duration.Record(ctx, took.Seconds(), metric.WithAttributes(attribute.String("outcome", outcome)))
+		if err == nil {
+			b.requests.Add(ctx, 1, successAttrs)
+			b.duration.Record(ctx, took.Seconds(), successOutcome)
+		} else {
+			b.requests.Add(ctx, 1, metric.WithAttributes(attribute.String("outcome", outcome), attribute.String("reason", reason)))
+			b.duration.Record(ctx, took.Seconds(), failureOutcome)
+		}
 	}
 }
+
+// Attribute sets recorded on every request, built once.
+var (
+	successAttrs   = metric.WithAttributeSet(attribute.NewSet(attribute.String("outcome", "success"), attribute.String("reason", "ok")))
+	successOutcome = metric.WithAttributeSet(attribute.NewSet(attribute.String("outcome", "success")))
+	failureOutcome = metric.WithAttributeSet(attribute.NewSet(attribute.String("outcome", "failure")))
+)
 
 // CacheStats returns the secret cache's and the token review cache's
 // counters.

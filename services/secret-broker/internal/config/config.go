@@ -10,6 +10,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 	"time"
 
@@ -62,6 +63,9 @@ type Config struct {
 	AWSMaxBackoff     time.Duration
 	AWSAttemptTimeout time.Duration
 
+	// GCPercent is the Go garbage collector's target (GOGC); -1 is off.
+	GCPercent int
+
 	// Rules are the authorisation rules.
 	Rules policy.Rules
 	// Defaults are the cluster-wide pod settings and locks.
@@ -102,6 +106,8 @@ func Load(args []string, lookup flagenv.Lookup, output io.Writer) (Config, error
 		"comma-separated Secrets Manager name patterns a pod may read besides its default secret; {namespace} and {serviceaccount} are the pod's, * matches anything; empty allows none")
 	fs.StringVar(&ssmPolicy, "ssm-policy", strings.Join(policy.DefaultSSMPatterns, ","),
 		"comma-separated SSM parameter path patterns a pod may read; {namespace} and {serviceaccount} are the pod's, * matches anything; empty allows none")
+	c.GCPercent = 400
+	fs.Var((*gcPercent)(&c.GCPercent), "gogc", "garbage collector target percentage, or off; the broker's live heap is small and its allocation rate high, so the Go default of 100 spends much CPU on collection (GOMEMLIMIT still caps memory)")
 	fs.StringVar(&lockedList, "locked-settings", "", "comma-separated annotation names (without prefix) whose cluster default pods cannot override, e.g. piggy-enforce-integrity,piggy-default-secret-name-prefix")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage of secret-broker:\n")
@@ -178,6 +184,29 @@ piggysec.com/<name> annotation overrides them unless --locked-settings names it)
 AWS (read by the AWS SDK): AWS_REGION, AWS_ROLE_ARN and AWS_WEB_IDENTITY_TOKEN_FILE (IRSA),
   AWS_ENDPOINT_URL, AWS_ENDPOINT_URL_STS, AWS_CA_BUNDLE
 `
+
+// gcPercent is a flag.Value for GOGC: a positive percentage or "off".
+type gcPercent int
+
+func (g *gcPercent) String() string {
+	if g == nil || *g < 0 {
+		return "off"
+	}
+	return strconv.Itoa(int(*g))
+}
+
+func (g *gcPercent) Set(s string) error {
+	if strings.EqualFold(strings.TrimSpace(s), "off") {
+		*g = -1
+		return nil
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(s))
+	if err != nil || n < 1 {
+		return errors.New("want a positive percentage or off")
+	}
+	*g = gcPercent(n)
+	return nil
+}
 
 func isAnnotation(name string) bool {
 	for _, n := range podsettings.Names {

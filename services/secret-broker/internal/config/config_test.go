@@ -78,3 +78,19 @@ func TestInvalid(t *testing.T) {
 		}
 	}
 }
+
+func TestGOGC(t *testing.T) {
+	for env, want := range map[string]int{"": 400, "150": 150, "off": -1, "OFF": -1} {
+		e := map[string]string{}
+		if env != "" {
+			e["GOGC"] = env
+		}
+		c, err := load(nil, e)
+		if err != nil || c.GCPercent != want {
+			t.Errorf("GOGC=%q: %d, %v; want %d", env, c.GCPercent, err, want)
+		}
+	}
+	if _, err := load(nil, map[string]string{"GOGC": "0"}); err == nil {
+		t.Error("GOGC=0 accepted")
+	}
+}

@@ -59,6 +59,10 @@ func LoopbackTarget(addr net.Addr) string {
 // Register adds POST /v1/secrets, served over conn, to mux.
 func Register(ctx context.Context, mux *http.ServeMux, conn *grpc.ClientConn) error {
 	gw := runtime.NewServeMux(
+		// Only the Authorization header (which grpc-gateway always forwards
+		// as "authorization") reaches the broker: clients cannot inject
+		// other metadata (Grpc-Metadata-*), and requests stay small.
+		runtime.WithIncomingHeaderMatcher(func(string) (string, bool) { return "", false }),
 		runtime.WithMarshalerOption(runtime.MIMEWildcard, &runtime.JSONPb{
 			MarshalOptions:   protojson.MarshalOptions{EmitUnpopulated: true},
 			UnmarshalOptions: protojson.UnmarshalOptions{DiscardUnknown: true},

@@ -141,6 +141,36 @@ func TestGatewayJSON(t *testing.T) {
 	}
 }
 
+func TestGatewayForwardsOnlyAuthorization(t *testing.T) {
+	e := start(t)
+	req, err := http.NewRequestWithContext(t.Context(), http.MethodPost, e.url+"/v1/secrets", strings.NewReader(`{"keys":["db"]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A client-chosen token smuggled as gRPC metadata must not reach the
+	// broker, alone or next to the real header.
+	req.Header.Set("Grpc-Metadata-Authorization", "Bearer smuggled")
+	resp, err := e.client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if got := <-e.fb.got; got.Token != "" {
+		t.Errorf("token = %q, want none", got.Token)
+	}
+	req, _ = http.NewRequestWithContext(t.Context(), http.MethodPost, e.url+"/v1/secrets", strings.NewReader(`{"keys":["db"]}`))
+	req.Header.Set("Authorization", "Bearer real")
+	req.Header.Set("Grpc-Metadata-Authorization", "Bearer smuggled")
+	resp, err = e.client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if got := <-e.fb.got; got.Token != "real" {
+		t.Errorf("token = %q, want the Authorization header's", got.Token)
+	}
+}
+
 func TestGatewayErrors(t *testing.T) {
 	e := start(t)
 	tests := []struct {

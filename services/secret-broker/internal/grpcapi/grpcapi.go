@@ -103,8 +103,7 @@ func statsProto(s cache.Stats) *secretbrokerv1.CacheStats {
 // bearerToken returns the token of the single "authorization: Bearer ..."
 // metadata value, or "" (which the broker refuses as missing).
 func bearerToken(ctx context.Context) string {
-	md, _ := metadata.FromIncomingContext(ctx)
-	vals := md.Get("authorization")
+	vals := metadata.ValueFromIncomingContext(ctx, "authorization")
 	if len(vals) != 1 {
 		return ""
 	}

@@ -156,9 +156,21 @@ func (p *Pods) PodsWithContainerUID(ctx context.Context, namespace, containerUID
 	return out, nil
 }
 
+// lookupAttrs are the attribute sets of the lookup counter, built once
+// (they are recorded on every request).
+var lookupAttrs = map[[2]string]metric.AddOption{}
+
+func init() {
+	for _, source := range []string{"informer", "api"} {
+		for _, result := range []string{"found", "not_found", "listed", "error"} {
+			lookupAttrs[[2]string{source, result}] = metric.WithAttributeSet(attribute.NewSet(attribute.String("source", source), attribute.String("result", result)))
+		}
+	}
+}
+
 func (p *Pods) count(ctx context.Context, source, result string) {
 	if p.lookups != nil {
-		p.lookups.Add(ctx, 1, metric.WithAttributes(attribute.String("source", source), attribute.String("result", result)))
+		p.lookups.Add(ctx, 1, lookupAttrs[[2]string{source, result}])
 	}
 }
 

@@ -1,0 +1,156 @@
+package main
+
+import (
+	"bytes"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"io"
+	"net/http"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/metadata"
+
+	secretbrokerv1 "github.com/piggysec/piggy/libs/gen/piggy/secretbroker/v1"
+)
+
+// benchConnections is the number of concurrent connections (issue 4).
+const benchConnections = 16
+
+// BenchmarkGateway measures GetSecrets through the HTTPS gateway with warm
+// caches (token review and secret) next to a trivial HTTPS handler of the
+// same server (/healthz: same listener, TLS, otelhttp and recovery
+// wrappers), and GetSecrets over mTLS gRPC without the gateway, each at 16
+// concurrent connections on loopback. Ratios are what matter:
+//
+//	go test -run '^$' -bench BenchmarkGateway -benchtime 5s .
+func BenchmarkGateway(b *testing.B) {
+	w := newWorld(b, worldOptions{env: benchEnv()})
+	ns := w.namespace("bench-", "web")
+	w.seed(ns+"/web", map[string]string{"db": secretValue("bench-db"), "api": secretValue("bench-api")})
+	pod, ctr := w.piggyPod(ns, "web-1", "web", nil)
+	token := w.podToken(pod)
+	if a := w.getSecrets(b, token, ctr, "db", "api"); a.Status != http.StatusOK {
+		b.Fatalf("warm-up: %+v", a)
+	}
+	body, _ := json.Marshal(map[string]any{"containerUid": ctr.uid, "signature": ctr.signature, "keys": []string{"db", "api"}})
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(w.ca.CertPEM)
+	base := "https://" + w.addrs["gateway"]
+
+	results := map[string]loadResult{}
+	httpLoad := func(name string, newReq func() *http.Request) {
+		b.Run(name, func(b *testing.B) {
+			results[name] = runLoad(b, func() func() error {
+				client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}}}
+				return func() error {
+					resp, err := client.Do(newReq())
+					if err != nil {
+						return err
+					}
+					_, _ = io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+					if resp.StatusCode != http.StatusOK {
+						return &statusError{resp.StatusCode}
+					}
+					return nil
+				}
+			})
+		})
+	}
+	httpLoad("trivial-healthz", func() *http.Request {
+		r, _ := http.NewRequest(http.MethodGet, base+"/healthz", nil)
+		return r
+	})
+	httpLoad("GetSecrets-https", func() *http.Request {
+		r, _ := http.NewRequest(http.MethodPost, base+"/v1/secrets", bytes.NewReader(body))
+		r.Header.Set("Authorization", "Bearer "+token)
+		r.Header.Set("Content-Type", "application/json")
+		return r
+	})
+	b.Run("GetSecrets-grpc", func(b *testing.B) {
+		results["GetSecrets-grpc"] = runLoad(b, func() func() error {
+			client := w.grpcClient(b, w.client.ClientConfig("127.0.0.1"))
+			ctx := metadata.NewOutgoingContext(b.Context(), metadata.Pairs("authorization", "Bearer "+token))
+			req := &secretbrokerv1.GetSecretsRequest{ContainerUid: ctr.uid, Signature: ctr.signature, Keys: []string{"db", "api"}}
+			return func() error {
+				_, err := client.GetSecrets(ctx, req)
+				return err
+			}
+		})
+	})
+	if t, g := results["trivial-healthz"], results["GetSecrets-https"]; t.rps > 0 && g.rps > 0 {
+		b.Logf("GetSecrets over HTTPS vs trivial handler: %.0f%% of its req/s, p99 %.2fx its p99 (trivial %.0f req/s p50 %s p99 %s; GetSecrets %.0f req/s p50 %s p99 %s)",
+			100*g.rps/t.rps, float64(g.p99)/float64(t.p99), t.rps, t.p50, t.p99, g.rps, g.p50, g.p99)
+	}
+}
+
+type statusError struct{ code int }
+
+func (e *statusError) Error() string { return http.StatusText(e.code) }
+
+type loadResult struct {
+	rps      float64
+	p50, p99 time.Duration
+}
+
+// runLoad sends b.N requests from benchConnections workers, each with its
+// own connection (newWorker is called once per worker and makes one warm-up
+// request before the timer starts), and reports req/s, p50 and p99.
+func runLoad(b *testing.B, newWorker func() func() error) loadResult {
+	b.Helper()
+	workers := make([]func() error, benchConnections)
+	for i := range workers {
+		workers[i] = newWorker()
+		if err := workers[i](); err != nil {
+			b.Fatalf("warm-up: %v", err)
+		}
+	}
+	lat := make([]time.Duration, b.N)
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	var failed atomic.Value
+	b.ResetTimer()
+	start := time.Now()
+	for _, do := range workers {
+		wg.Go(func() {
+			for {
+				i := next.Add(1) - 1
+				if i >= int64(b.N) {
+					return
+				}
+				t0 := time.Now()
+				if err := do(); err != nil {
+					failed.Store(err)
+					return
+				}
+				lat[i] = time.Since(t0)
+			}
+		})
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	b.StopTimer()
+	if err, _ := failed.Load().(error); err != nil {
+		b.Fatal(err)
+	}
+	slices.Sort(lat)
+	r := loadResult{rps: float64(b.N) / elapsed.Seconds(), p50: lat[b.N/2], p99: lat[b.N*99/100]}
+	b.ReportMetric(r.rps, "req/s")
+	b.ReportMetric(float64(r.p50.Microseconds()), "p50-µs")
+	b.ReportMetric(float64(r.p99.Microseconds()), "p99-µs")
+	return r
+}
+
+// benchEnv passes BENCH_BROKER_ENV (space-separated NAME=value pairs, for
+// example "GOGC=100 OTEL_TRACES_SAMPLER=always_off") to the broker, to
+// compare runtime and telemetry settings.
+func benchEnv() []string {
+	return strings.Fields(os.Getenv("BENCH_BROKER_ENV"))
+}
