@@ -18,8 +18,9 @@
 # through PIGGY_HELM / PIGGY_HELM_UNITTEST.
 set -euo pipefail
 
-HELM_VERSION=v3.22.0
-HELM_UNITTEST_VERSION=v1.1.2
+# The Makefile may pass these; they must match the tools modules (checked below).
+HELM_VERSION="${HELM_VERSION:-v3.22.0}"
+HELM_UNITTEST_VERSION="${HELM_UNITTEST_VERSION:-v1.1.2}"
 KUBE_MAJOR=1
 KUBE_MINOR=37
 
