@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"crypto/tls"
+	"fmt"
 	"net/http"
 	"slices"
 	"strings"
@@ -344,4 +345,41 @@ func TestEndToEnd(t *testing.T) {
 			t.Error("the broker logged no request line; the check would prove nothing")
 		}
 	})
+}
+
+// TestAllowUnboundTokens checks the migration switch: with
+// --allow-unbound-tokens a token that is not bound to a pod is accepted,
+// the pod being found by its container UID among the pods of the token's
+// service account, with a warning; without a matching pod it is refused.
+func TestAllowUnboundTokens(t *testing.T) {
+	w := newWorld(t, worldOptions{args: []string{"--allow-unbound-tokens"}})
+	ns := w.namespace("team-u-", "web", "api")
+	value := secretValue("unbound")
+	w.seed(ns+"/web", map[string]string{"db": value})
+	pod, ctr := w.piggyPod(ns, "legacy", "web", nil)
+	st, err := kubetest.RequestToken(t.Context(), w.cs, ns, "web", kubetest.TokenOptions{Audiences: []string{audience}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := w.getSecrets(t, st.Token, ctr, "db"); got.Status != http.StatusOK || got.Values["db"] != value {
+		t.Errorf("unbound token with the pod's container identity: %+v", got)
+	}
+	w.proc.WaitForRecord(t, 5*time.Second, func(r map[string]any) bool {
+		return r["level"] == "warn" && strings.Contains(fmt.Sprint(r["message"]), "not bound to a pod") && r["namespace"] == ns
+	})
+	w.proc.WaitForRecord(t, 5*time.Second, func(r map[string]any) bool {
+		return r["message"] == "Request from [sa="+ns+":web], [pod="+pod.Name+"] was successful"
+	})
+	// Another service account's unbound token cannot borrow the pod.
+	other, err := kubetest.RequestToken(t.Context(), w.cs, ns, "api", kubetest.TokenOptions{Audiences: []string{audience}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := w.getSecrets(t, other.Token, ctr, "db"); got.Status != http.StatusForbidden {
+		t.Errorf("unbound token of another service account: %+v", got)
+	}
+	// Bound tokens keep working, and still must match their own pod.
+	if got := w.getSecrets(t, w.podToken(pod), ctr, "db"); got.Status != http.StatusOK {
+		t.Errorf("bound token: %+v", got)
+	}
 }

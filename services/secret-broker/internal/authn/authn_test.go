@@ -5,12 +5,15 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	authenticationv1 "k8s.io/api/authentication/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -238,4 +241,38 @@ func TestExpiry(t *testing.T) {
 			t.Errorf("expiry(%q) ok, want not", bad)
 		}
 	}
+}
+
+func TestReviewSpan(t *testing.T) {
+	rec := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
+	clk := &fixedClock{t: time.Now()}
+	tok := jwt(clk.t.Add(time.Hour))
+	r := &fakeReviewer{answers: map[string]authenticationv1.TokenReviewStatus{tok: boundStatus("team-a", "web", "web-1", "uid-1")}}
+	a := newAuth(t, r, clk, func(o *Options) { o.Tracer = tp.Tracer("test") })
+	if _, _, err := a.Authenticate(t.Context(), tok); err != nil {
+		t.Fatal(err)
+	}
+	spans := rec.Ended()
+	if len(spans) != 1 || spans[0].Name() != "TokenReview" {
+		t.Fatalf("spans = %v, want one TokenReview span", spans)
+	}
+	for _, kv := range spans[0].Attributes() {
+		if strings.Contains(kv.Value.Emit(), tok) || strings.Contains(kv.Value.Emit(), strings.Split(tok, ".")[1]) {
+			t.Errorf("span attribute %s holds the token", kv.Key)
+		}
+	}
+}
+
+func FuzzExpiry(f *testing.F) {
+	f.Add(jwt(time.Unix(1893456000, 0)))
+	f.Add("a.e30.c")
+	f.Add("a." + base64.RawURLEncoding.EncodeToString([]byte(`{"exp":1e400}`)) + ".c")
+	f.Add("a." + base64.RawURLEncoding.EncodeToString([]byte(`{"exp":-1}`)) + ".c")
+	f.Fuzz(func(t *testing.T, token string) {
+		exp, ok := expiry(token) // must not panic
+		if ok && exp.Unix() <= 0 {
+			t.Errorf("expiry(%q) = %v, ok for a non-positive time", token, exp)
+		}
+	})
 }

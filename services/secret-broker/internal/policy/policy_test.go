@@ -2,6 +2,7 @@ package policy
 
 import (
 	"errors"
+	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -124,4 +125,31 @@ func TestValidatePattern(t *testing.T) {
 			t.Errorf("ValidatePattern(%q) = nil, want an error", p)
 		}
 	}
+}
+
+func FuzzGlobMatch(f *testing.F) {
+	f.Add("{namespace}/*", "team-a/web")
+	f.Add("*a*b*c*", "aaabbbccc")
+	f.Add("?", "")
+	f.Fuzz(func(t *testing.T, pattern, name string) {
+		got := globMatch(pattern, name) // must end and not panic
+		if pattern == name && !strings.ContainsAny(pattern, "*?") && !got {
+			t.Errorf("globMatch(%q, %q) = false for a literal", pattern, name)
+		}
+		if pattern == "*" && !got {
+			t.Errorf("* does not match %q", name)
+		}
+	})
+}
+
+func FuzzParseAllowList(f *testing.F) {
+	f.Add(" team-a:web , ,team-b:api")
+	f.Fuzz(func(t *testing.T, s string) {
+		l := ParseAllowList(s)
+		for _, e := range l.Entries {
+			if e == "" || e != strings.TrimSpace(e) {
+				t.Errorf("entry %q is empty or untrimmed", e)
+			}
+		}
+	})
 }
