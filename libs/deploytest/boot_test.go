@@ -78,6 +78,10 @@ func localEnv(ctr corev1.Container, component string, l local) []string {
 	var out []string
 	for _, e := range ctr.Env {
 		v := e.Value
+		if e.ValueFrom != nil && e.ValueFrom.ResourceFieldRef != nil {
+			// The kubelet resolves limits.memory to bytes.
+			v = map[string]string{"limits.memory": "268435456"}[e.ValueFrom.ResourceFieldRef.Resource]
+		}
 		if e.ValueFrom != nil && e.ValueFrom.FieldRef != nil {
 			v = map[string]string{
 				"metadata.name":      component + "-7d9f8-abcde",
@@ -213,6 +217,8 @@ func TestChartStartsServices(t *testing.T) {
 		"--set", "image-resolver.tls.extraDnsNames={localhost}",
 		"--set", "secret-broker.tls.extraDnsNames={localhost}",
 		"--set", "global.podDefaults.aws-region=eu-west-1",
+		"--set", "secret-broker.gogc=200",
+		"--set-json", `global.lockedSettings=["piggy-enforce-integrity"]`,
 		"--set", "global.debug=true")
 	kubeconfig := unreachableKubeconfig(t)
 	tlsDirs := map[string]string{}

@@ -116,6 +116,10 @@ logging, shutdown bound. */}}
   valueFrom: {fieldRef: {fieldPath: metadata.namespace}}
 - name: NODE_NAME
   valueFrom: {fieldRef: {fieldPath: spec.nodeName}}
+# The Go runtime's soft memory limit follows the container's limit, so the
+# garbage collector works harder before the kernel would OOM-kill.
+- name: GOMEMLIMIT
+  valueFrom: {resourceFieldRef: {resource: limits.memory}}
 - name: OTEL_SERVICE_NAME
   value: {{ .component | quote }}
 {{- $attrs := list "service.namespace=piggy" "k8s.namespace.name=$(POD_NAMESPACE)" "k8s.pod.name=$(POD_NAME)" "k8s.node.name=$(NODE_NAME)" }}
