@@ -165,6 +165,19 @@ func checkDeployment(t *testing.T, objs []*unstructured.Unstructured, c string, 
 	if ctr.Resources.Requests.Memory().IsZero() || ctr.Resources.Limits.Memory().IsZero() {
 		t.Errorf("%s: resources %+v", c, ctr.Resources)
 	}
+	// SIGTERM comes after the preStop sleep; the grace period must cover
+	// the sleep and the service's own drain bound (--shutdown-grace).
+	grace, err := time.ParseDuration(flagValue(ctr.Args, "shutdown-grace"))
+	if err != nil {
+		t.Errorf("%s: --shutdown-grace: %v", c, err)
+	}
+	var sleep time.Duration
+	if ctr.Lifecycle != nil && ctr.Lifecycle.PreStop != nil && ctr.Lifecycle.PreStop.Sleep != nil {
+		sleep = time.Duration(ctr.Lifecycle.PreStop.Sleep.Seconds) * time.Second
+	}
+	if p.TerminationGracePeriodSeconds == nil || time.Duration(*p.TerminationGracePeriodSeconds)*time.Second <= sleep+grace {
+		t.Errorf("%s: terminationGracePeriodSeconds %v does not cover preStop %s + shutdown grace %s", c, p.TerminationGracePeriodSeconds, sleep, grace)
+	}
 	if env(ctr, "OTEL_SERVICE_NAME") != c {
 		t.Errorf("%s: OTEL_SERVICE_NAME=%q", c, env(ctr, "OTEL_SERVICE_NAME"))
 	}
