@@ -115,7 +115,12 @@ func TestEndToEnd(t *testing.T) {
 
 	t.Run("missing or junk token is refused", func(t *testing.T) {
 		refused(t, w.getSecrets(t, "", ctrWeb, "db"), http.StatusUnauthorized, "no bearer token")
-		refused(t, w.getSecrets(t, "not.a.token", ctrWeb, "db"), http.StatusUnauthorized, "rejected")
+		refused(t, w.getSecrets(t, "not.a.token", ctrWeb, "db"), http.StatusUnauthorized, "not a service account token")
+		// Well-formed claims with a forged signature reach the apiserver,
+		// which rejects them.
+		sig := strings.LastIndex(tokWeb, ".")
+		forged := tokWeb[:sig+1] + strings.Repeat("A", len(tokWeb)-sig-1)
+		refused(t, w.getSecrets(t, forged, ctrWeb, "db"), http.StatusUnauthorized, "rejected")
 	})
 
 	t.Run("wrong container identity is refused", func(t *testing.T) {

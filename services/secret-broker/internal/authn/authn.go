@@ -138,6 +138,9 @@ func (a *Authenticator) Authenticate(ctx context.Context, token string) (Identit
 	if len(token) > maxTokenBytes {
 		return Identity{}, cache.Miss, fault.New(fault.Unauthenticated, "token_invalid", "the bearer token is too long")
 	}
+	if err := a.precheck(token); err != nil {
+		return Identity{}, cache.Miss, err
+	}
 	sum := sha256.Sum256([]byte(token))
 	id, res, err := a.cache.Get(ctx, string(sum[:]), func(ctx context.Context) (Identity, time.Duration, error) {
 		return a.review(ctx, token)
@@ -224,27 +227,68 @@ func (a *Authenticator) ttl(token string) time.Duration {
 	return min(left, a.opts.CacheTTL)
 }
 
-// expiry reads the "exp" claim of a JWT without verifying it.
-func expiry(token string) (time.Time, bool) {
+// precheck refuses, without asking the apiserver, tokens that no review
+// could accept: not a JWT, expired, or not for the audience, going by the
+// unverified claims. It only ever refuses, so trusting unverified claims is
+// safe, and junk tokens cost no TokenReview (nor a slot of the client's
+// rate limit).
+func (a *Authenticator) precheck(token string) error {
+	c, ok := readClaims(token)
+	if !ok {
+		return fault.New(fault.Unauthenticated, "token_invalid", "the bearer token is not a service account token (JWT)")
+	}
+	if c.exp.IsZero() || !c.exp.After(a.opts.Now()) {
+		return fault.New(fault.Unauthenticated, "token_invalid", "the token has no expiry or has expired")
+	}
+	if !slices.Contains(c.aud, a.opts.Audience) {
+		return fault.New(fault.Unauthenticated, "token_audience", "the token is not for audience %q", a.opts.Audience)
+	}
+	return nil
+}
+
+// claims are the unverified claims the broker reads.
+type claims struct {
+	exp time.Time
+	aud []string
+}
+
+// readClaims decodes the payload of a JWT without verifying it.
+func readClaims(token string) (claims, bool) {
 	parts := strings.Split(token, ".")
-	if len(parts) != 3 {
-		return time.Time{}, false
+	if len(parts) != 3 || parts[0] == "" || parts[2] == "" {
+		return claims{}, false
 	}
 	payload, err := base64.RawURLEncoding.DecodeString(strings.TrimRight(parts[1], "="))
 	if err != nil {
-		return time.Time{}, false
+		return claims{}, false
 	}
-	var claims struct {
-		Exp *json.Number `json:"exp"`
+	var raw struct {
+		Exp *json.Number    `json:"exp"`
+		Aud json.RawMessage `json:"aud"`
 	}
-	if err := json.Unmarshal(payload, &claims); err != nil || claims.Exp == nil {
-		return time.Time{}, false
+	if err := json.Unmarshal(payload, &raw); err != nil {
+		return claims{}, false
 	}
-	secs, err := claims.Exp.Float64()
-	if err != nil || secs <= 0 {
-		return time.Time{}, false
+	var c claims
+	if raw.Exp != nil {
+		if secs, err := raw.Exp.Float64(); err == nil && secs > 0 && secs < 1<<62 {
+			c.exp = time.Unix(int64(secs), 0)
+		}
 	}
-	return time.Unix(int64(secs), 0), true
+	// "aud" is a string or an array of strings.
+	var one string
+	if json.Unmarshal(raw.Aud, &one) == nil {
+		c.aud = []string{one}
+	} else {
+		_ = json.Unmarshal(raw.Aud, &c.aud)
+	}
+	return c, true
+}
+
+// expiry reads the "exp" claim of a JWT without verifying it.
+func expiry(token string) (time.Time, bool) {
+	c, ok := readClaims(token)
+	return c.exp, ok && !c.exp.IsZero()
 }
 
 // parseUser reads namespace, service account and pod from a review's user.

@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -53,7 +54,7 @@ func (f *fakeReviewer) Create(ctx context.Context, r *authenticationv1.TokenRevi
 // reads exp; the apiserver verifies).
 func jwt(exp time.Time) string {
 	enc := base64.RawURLEncoding.EncodeToString
-	payload, _ := json.Marshal(map[string]any{"exp": exp.Unix(), "sub": "system:serviceaccount:team-a:web"})
+	payload, _ := json.Marshal(map[string]any{"exp": exp.Unix(), "aud": []string{"piggy"}, "sub": "system:serviceaccount:team-a:web"})
 	return enc([]byte(`{"alg":"RS256"}`)) + "." + enc(payload) + ".c2ln"
 }
 
@@ -149,6 +150,41 @@ func TestAuthenticate(t *testing.T) {
 	}
 }
 
+func TestPrecheckSavesReviews(t *testing.T) {
+	clk := &fixedClock{t: time.Now()}
+	enc := base64.RawURLEncoding.EncodeToString
+	tok := func(claims string) string { return enc([]byte(`{"alg":"RS256"}`)) + "." + enc([]byte(claims)) + ".c2ln" }
+	exp := clk.t.Add(time.Hour).Unix()
+	tests := []struct {
+		name, token, reason string
+	}{
+		{"not a jwt", "opaque", "token_invalid"},
+		{"bad payload", "a.!!!.c", "token_invalid"},
+		{"no signature", tok(`{"exp":1}`)[:len(tok(`{"exp":1}`))-4], "token_invalid"},
+		{"expired", tok(fmt.Sprintf(`{"exp":%d,"aud":["piggy"]}`, clk.t.Add(-time.Minute).Unix())), "token_invalid"},
+		{"no exp", tok(`{"aud":["piggy"]}`), "token_invalid"},
+		{"other audience", tok(fmt.Sprintf(`{"exp":%d,"aud":["https://kubernetes.default.svc"]}`, exp)), "token_audience"},
+		{"no audience", tok(fmt.Sprintf(`{"exp":%d}`, exp)), "token_audience"},
+	}
+	r := &fakeReviewer{}
+	a := newAuth(t, r, clk)
+	for _, tt := range tests {
+		if _, _, err := a.Authenticate(t.Context(), tt.token); fault.ReasonOf(err) != tt.reason {
+			t.Errorf("%s: err = %v, want %s", tt.name, err, tt.reason)
+		}
+	}
+	if r.calls.Load() != 0 {
+		t.Errorf("TokenReviews = %d, want none", r.calls.Load())
+	}
+	// A string audience is accepted like an array.
+	r.answers = map[string]authenticationv1.TokenReviewStatus{}
+	single := tok(fmt.Sprintf(`{"exp":%d,"aud":"piggy"}`, exp))
+	r.answers[single] = boundStatus("team-a", "web", "p", "u")
+	if _, _, err := a.Authenticate(t.Context(), single); err != nil {
+		t.Errorf("string aud: %v", err)
+	}
+}
+
 func TestAPIErrors(t *testing.T) {
 	clk := &fixedClock{t: time.Now()}
 	tests := []struct {
@@ -181,11 +217,10 @@ func TestCacheBoundedByTokenExpiry(t *testing.T) {
 	clk := &fixedClock{t: time.Now()}
 	short := jwt(clk.t.Add(20 * time.Second))
 	long := jwt(clk.t.Add(time.Hour))
-	noExp := "opaque-token"
+	noExp := "eyJhbGciOiJSUzI1NiJ9." + base64.RawURLEncoding.EncodeToString([]byte(`{"aud":"piggy"}`)) + ".c2ln"
 	r := &fakeReviewer{answers: map[string]authenticationv1.TokenReviewStatus{
 		short: boundStatus("team-a", "web", "p", "u"),
 		long:  boundStatus("team-a", "web", "p", "u"),
-		noExp: boundStatus("team-a", "web", "p", "u"),
 	}}
 	a := newAuth(t, r, clk)
 	review := func(token string) cache.Result {
@@ -198,13 +233,19 @@ func TestCacheBoundedByTokenExpiry(t *testing.T) {
 	}
 	review(short)
 	review(long)
-	review(noExp)
-	if got := []cache.Result{review(short), review(long), review(noExp)}; !cmp.Equal(got, []cache.Result{cache.Hit, cache.Hit, cache.Miss}) {
-		t.Errorf("second lookups = %v, want hit, hit, miss (a token without exp is never cached)", got)
+	// A token without exp is refused before any review.
+	if _, _, err := a.Authenticate(t.Context(), noExp); fault.ReasonOf(err) != "token_invalid" || r.calls.Load() != 2 {
+		t.Errorf("token without exp: %v after %d reviews", err, r.calls.Load())
+	}
+	if got := []cache.Result{review(short), review(long)}; !cmp.Equal(got, []cache.Result{cache.Hit, cache.Hit}) {
+		t.Errorf("second lookups = %v, want hits", got)
 	}
 	clk.advance(21 * time.Second) // short expired; long still inside the 1m cap
-	if got := []cache.Result{review(short), review(long)}; !cmp.Equal(got, []cache.Result{cache.Miss, cache.Hit}) {
-		t.Errorf("after 21s = %v, want miss (token expired), hit", got)
+	if _, _, err := a.Authenticate(t.Context(), short); fault.ReasonOf(err) != "token_invalid" {
+		t.Errorf("expired token: %v, want refused", err)
+	}
+	if got := review(long); got != cache.Hit {
+		t.Errorf("after 21s = %v, want hit", got)
 	}
 	clk.advance(40 * time.Second) // long is past the 1m cap
 	if got := review(long); got != cache.Miss {
