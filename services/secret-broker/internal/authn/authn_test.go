@@ -153,7 +153,9 @@ func TestAuthenticate(t *testing.T) {
 func TestPrecheckSavesReviews(t *testing.T) {
 	clk := &fixedClock{t: time.Now()}
 	enc := base64.RawURLEncoding.EncodeToString
-	tok := func(claims string) string { return enc([]byte(`{"alg":"RS256"}`)) + "." + enc([]byte(claims)) + ".c2ln" }
+	tok := func(claims string) string {
+		return enc([]byte(`{"alg":"RS256"}`)) + "." + enc([]byte(claims)) + ".c2ln"
+	}
 	exp := clk.t.Add(time.Hour).Unix()
 	tests := []struct {
 		name, token, reason string
