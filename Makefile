@@ -5,6 +5,8 @@ SHELL := bash
 
 BUF_VERSION := 1.75.0
 GRPCURL_VERSION := v1.9.4
+HELM_VERSION          := v3.22.0
+HELM_UNITTEST_VERSION := v1.1.2
 TOOLS_DIR   := $(CURDIR)/.cache/tools
 BUF         := $(TOOLS_DIR)/buf-$(BUF_VERSION)/node_modules/.bin/buf
 GO_MODULES  := libs services/admission-gateway services/image-resolver services/secret-broker services/piggy-env
@@ -29,8 +31,12 @@ $(GRPCURL):
 	@echo "installing grpcurl $(GRPCURL_VERSION) from the Go module proxy"
 	@GOBIN=$(TOOLS_DIR)/bin GOWORK=off go install github.com/fullstorydev/grpcurl/cmd/grpcurl@$(GRPCURL_VERSION)
 
+.PHONY: chart-tools
+chart-tools: ## Build the pinned helm and helm-unittest into .cache/tools/bin (idempotent).
+	@HELM_VERSION=$(HELM_VERSION) HELM_UNITTEST_VERSION=$(HELM_UNITTEST_VERSION) deploy/tools/install.sh
+
 .PHONY: tools
-tools: $(BUF) $(GRPCURL) ## Install the pinned tools (buf, grpcurl; protoc plugins come from tools/go.mod).
+tools: $(BUF) $(GRPCURL) chart-tools ## Install the pinned tools (buf, grpcurl, helm, helm-unittest; protoc plugins come from tools/go.mod).
 
 .PHONY: generate
 generate: $(BUF) ## Regenerate libs/gen from proto/ (offline, pinned plugins).
@@ -44,7 +50,7 @@ check-generate: generate ## Fail when the committed generated code is stale.
 .PHONY: lint
 lint: $(BUF) ## go vet, gofmt, buf lint/format/breaking.
 	@echo "go vet"; go vet $(GO_PACKAGES)
-	@echo "gofmt"; out=$$(gofmt -l $(GO_MODULES) | grep -v '/gen/' || true); \
+	@echo "gofmt"; out=$$(gofmt -l $(GO_MODULES) deploy | grep -v '/gen/' || true); \
 		if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	@echo "buf lint"; $(BUF) lint
 	@echo "buf format"; $(BUF) format --diff --exit-code
@@ -57,11 +63,19 @@ kube-binaries: ## Build and cache kube-apiserver and etcd for the real-cluster t
 	go run ./libs/kubetest/cmd/kubetest build
 
 .PHONY: test
-test: lint check-generate kube-binaries ## Everything CI runs: lint, generated-code check, every module's tests with -race.
+test: lint check-generate kube-binaries chart-tools ## Everything CI runs: lint, generated-code check, every module's tests with -race.
 	go test -race -timeout $(TEST_TIMEOUT) $(GO_PACKAGES)
 
+.PHONY: chart-test
+chart-test: kube-binaries chart-tools ## Chart, image and compose checks only (libs/deploytest).
+	go test -race -timeout $(TEST_TIMEOUT) ./libs/deploytest/
+
+.PHONY: chart-snapshot
+chart-snapshot: chart-tools ## Rewrite the chart's helm-unittest snapshot after an intended change.
+	.cache/tools/bin/helm-unittest -u --file 'tests/*_test.yaml' charts/piggy
+
 .PHONY: test-short
-test-short: ## Unit tests only (skips the real-cluster tests).
+test-short: chart-tools ## Unit tests only (skips the real-cluster tests).
 	go test -race -short $(GO_PACKAGES)
 
 .PHONY: build
