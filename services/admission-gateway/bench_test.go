@@ -56,16 +56,20 @@ func BenchmarkReviewHTTPS(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	fixed, _ := json.Marshal(admissionv1.AdmissionReview{})
+	annotations := `{"piggysec.com/aws-secret-name": "team/app", "piggysec.com/piggy-address": "` + brokerURL + `"}`
+	withCommand := reviewBody("web", annotations, `"command": ["/app", "serve"], `, reg.Ref("app:1"))
+	withoutCommand := reviewBody("web", annotations, "", reg.Ref("app:1"))
+
+	// The ceiling answers with a fixed AdmissionReview: the very response
+	// the webhook gives for the pod with a command, computed once, so both
+	// put the same bytes on the wire and the difference is the webhook's
+	// own work.
+	fixed := fixedResponse(b, hook, withCommand)
 	ceiling := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		_, _ = io.Copy(io.Discard, r.Body)
 		w.Header().Set("Content-Type", "application/json")
 		_, _ = w.Write(fixed)
 	})
-
-	annotations := `{"piggysec.com/aws-secret-name": "team/app", "piggysec.com/piggy-address": "` + brokerURL + `"}`
-	withCommand := reviewBody("web", annotations, `"command": ["/app", "serve"], `, reg.Ref("app:1"))
-	withoutCommand := reviewBody("web", annotations, "", reg.Ref("app:1"))
 
 	cases := []struct {
 		name    string
@@ -101,6 +105,33 @@ func BenchmarkReviewHTTPS(b *testing.B) {
 		}
 	}
 }
+
+// fixedResponse is the webhook's answer to body.
+func fixedResponse(b *testing.B, h http.Handler, body []byte) []byte {
+	b.Helper()
+	req, err := http.NewRequest(http.MethodPost, "/mutate", bytes.NewReader(body))
+	if err != nil {
+		b.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	rec := &recorder{header: http.Header{}}
+	h.ServeHTTP(rec, req)
+	var out admissionv1.AdmissionReview
+	if err := json.Unmarshal(rec.body.Bytes(), &out); err != nil || out.Response == nil || len(out.Response.Patch) == 0 {
+		b.Fatalf("webhook answer for the ceiling: %v: %s", err, rec.body.String())
+	}
+	return rec.body.Bytes()
+}
+
+// recorder is a minimal http.ResponseWriter.
+type recorder struct {
+	header http.Header
+	body   bytes.Buffer
+}
+
+func (r *recorder) Header() http.Header         { return r.header }
+func (r *recorder) Write(b []byte) (int, error) { return r.body.Write(b) }
+func (r *recorder) WriteHeader(int)             {}
 
 // drive sends n reviews over conns HTTP/2 connections (one transport each,
 // so one connection each) in closed loops and collects the latencies.

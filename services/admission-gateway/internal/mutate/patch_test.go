@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	corev1 "k8s.io/api/core/v1"
 )
 
 func TestMarshalMatchesEncodingJSON(t *testing.T) {
@@ -14,6 +15,10 @@ func TestMarshalMatchesEncodingJSON(t *testing.T) {
 		{Op: "add", Path: "/spec/initContainers/0", Value: json.RawMessage(`{"name":"install"}`)},
 		{Op: "add", Path: "/spec/containers/0/args", Value: []string{"--", "sh", "-c", "echo \u2028 ünï \x01"}},
 		{Op: "add", Path: "/metadata/annotations/odd\x01~0key", Value: "v"},
+		{Op: "add", Path: "/spec/containers/0/env", Value: []corev1.EnvVar{{Name: "A", Value: "piggy:\"x\""}, {Name: "B"}, {Name: "C", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}}}},
+		{Op: "add", Path: "/spec/containers/0/env/-", Value: corev1.EnvVar{Name: "D", Value: "d"}},
+		{Op: "add", Path: "/spec/containers/0/volumeMounts", Value: []corev1.VolumeMount{{Name: "piggy-env", MountPath: "/piggy", ReadOnly: true}, {Name: "sub", MountPath: "/s", SubPath: "x"}}},
+		{Op: "add", Path: "/spec/containers/0/volumeMounts/-", Value: corev1.VolumeMount{Name: "t", MountPath: "/t"}},
 	}
 	got, err := Marshal(ops)
 	if err != nil {
@@ -33,4 +38,27 @@ func TestMarshalMatchesEncodingJSON(t *testing.T) {
 	if diff := cmp.Diff(wantDoc, gotDoc); diff != "" {
 		t.Errorf("Marshal differs from encoding/json (-want +got):\n%s", diff)
 	}
+}
+
+// FuzzAppendString checks the hand-written JSON string encoder against
+// encoding/json: both must decode to the same string.
+func FuzzAppendString(f *testing.F) {
+	for _, s := range []string{"", "plain", `q"b\s`, "\x00\x1f\n\r\t", "ünï \u2028\u2029", "\xff\xfe bad utf8", "<>&"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		got := appendString(nil, s)
+		var decoded string
+		if err := json.Unmarshal(got, &decoded); err != nil {
+			t.Fatalf("appendString(%q) = %s: invalid JSON: %v", s, got, err)
+		}
+		ref, _ := json.Marshal(s)
+		var want string
+		if err := json.Unmarshal(ref, &want); err != nil {
+			t.Fatal(err)
+		}
+		if decoded != want {
+			t.Fatalf("appendString(%q) decodes to %q, encoding/json to %q", s, decoded, want)
+		}
+	})
 }
