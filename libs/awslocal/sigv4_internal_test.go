@@ -118,6 +118,9 @@ func TestGlobMatch(t *testing.T) {
 		{"a*b*c", "aXbYbZ", false},
 		{"arn:aws:secretsmanager:*:*:secret:apps/*", "arn:aws:secretsmanager:us-east-1:123456789012:secret:apps/db-AbCdEf", true},
 		{"**x", "yyyx", true},
+		// A literal '*' in the name must not consume the pattern's star.
+		{"a*c", "a*bc", true},
+		{"*b", "*xb", true},
 	}
 	for _, tt := range tests {
 		if got := globMatch(tt.pattern, tt.name); got != tt.want {
