@@ -64,7 +64,7 @@ kube-binaries: ## Build and cache kube-apiserver and etcd for the real-cluster t
 
 .PHONY: test
 test: lint check-generate kube-binaries chart-tools ## Everything CI runs: lint, generated-code check, every module's tests with -race.
-	go test -race -timeout $(TEST_TIMEOUT) $(GO_PACKAGES)
+	go test -race -count=1 -timeout $(TEST_TIMEOUT) $(GO_PACKAGES)
 
 .PHONY: chart-test
 chart-test: kube-binaries chart-tools ## Chart, image and compose checks only (libs/deploytest).
