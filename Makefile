@@ -52,6 +52,7 @@ lint: $(BUF) ## go vet, gofmt, buf lint/format/breaking.
 	@echo "go vet"; go vet $(GO_PACKAGES)
 	@echo "gofmt"; out=$$(gofmt -l $(GO_MODULES) deploy | grep -v '/gen/' || true); \
 		if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	@echo "each module builds alone (GOWORK=off)"; for m in $(GO_MODULES); do (cd $$m && GOWORK=off go build ./...) || exit 1; done
 	@echo "buf lint"; $(BUF) lint
 	@echo "buf format"; $(BUF) format --diff --exit-code
 	@if git rev-parse --verify -q main >/dev/null && git ls-tree -d -r --name-only main | grep -qx proto; then \
