@@ -52,7 +52,9 @@ type installKey struct {
 
 // installContainerJSON returns the encoded install container, encoding
 // each distinct variant once.
-func (m *Mutator) installContainerJSON(s podsettings.Settings, proxy bool) json.RawMessage {
+// An encoding failure (impossible for these types) leaves the typed value
+// in the patch, so that Marshal reports the error and the review is denied.
+func (m *Mutator) installContainerJSON(s podsettings.Settings, proxy bool) any {
 	k := installKey{
 		image: s.EnvImage, pullPolicy: s.EnvImagePullPolicy,
 		cpuRequest: s.Resources.CPURequest.String(), memoryRequest: s.Resources.MemoryRequest.String(),
@@ -62,7 +64,12 @@ func (m *Mutator) installContainerJSON(s podsettings.Settings, proxy bool) json.
 	if v, ok := m.installContainers.Load(k); ok {
 		return v.(json.RawMessage)
 	}
-	b := mustJSON(installContainer(s, m.cfg, proxy))
+	c := installContainer(s, m.cfg, proxy)
+	raw, err := json.Marshal(c)
+	if err != nil {
+		return c
+	}
+	b := json.RawMessage(raw)
 	// Pods choose the image and resources, so the variants are bounded
 	// here rather than by trust: past the cap, encode without caching.
 	if m.installVariants.Add(1) <= maxInstallVariants {

@@ -154,7 +154,7 @@ func New(cfg Config, resolver ImageConfigResolver, env EnvSource) *Mutator {
 	return m
 }
 
-// mustJSON encodes API values built by this package; they always encode.
+// mustJSON encodes the constant API values New builds; they always encode.
 func mustJSON(v any) json.RawMessage {
 	b, err := json.Marshal(v)
 	if err != nil {
@@ -522,7 +522,7 @@ func (m *Mutator) ensureInstallContainer(p *patch, pod *corev1.Pod, s podsetting
 	}
 	c := m.installContainerJSON(s, proxy)
 	if len(pod.Spec.InitContainers) == 0 {
-		p.add("/spec/initContainers", []json.RawMessage{c})
+		p.add("/spec/initContainers", []any{c})
 		return
 	}
 	p.add("/spec/initContainers/0", c)

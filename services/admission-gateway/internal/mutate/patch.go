@@ -127,6 +127,18 @@ func appendValue(buf []byte, v any) ([]byte, error) {
 		}
 	case json.RawMessage:
 		return append(buf, v...), nil
+	case []any:
+		buf = append(buf, '[')
+		for i, e := range v {
+			if i > 0 {
+				buf = append(buf, ',')
+			}
+			var err error
+			if buf, err = appendValue(buf, e); err != nil {
+				return nil, err
+			}
+		}
+		return append(buf, ']'), nil
 	case []json.RawMessage:
 		buf = append(buf, '[')
 		for i, raw := range v {
