@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"mime"
 	"net/http"
@@ -71,14 +72,18 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "piggy: Content-Type must be application/json", http.StatusUnsupportedMediaType)
 		return
 	}
-	var in review
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, MaxBodyBytes))
-	if err := dec.Decode(&in); err != nil {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBodyBytes))
+	if err != nil {
 		var tooBig *http.MaxBytesError
 		if errors.As(err, &tooBig) {
 			http.Error(w, fmt.Sprintf("piggy: admission review larger than %d bytes", MaxBodyBytes), http.StatusRequestEntityTooLarge)
 			return
 		}
+		http.Error(w, "piggy: reading the request: "+err.Error(), http.StatusBadRequest)
+		return
+	}
+	in, err := decodeReview(body)
+	if err != nil {
 		http.Error(w, "piggy: malformed AdmissionReview: "+err.Error(), http.StatusBadRequest)
 		return
 	}
@@ -88,7 +93,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 
 	start := time.Now()
-	resp, outcome := h.review(r.Context(), in.Request)
+	resp, outcome := h.review(r.Context(), in.Request, body)
 	took := time.Since(start)
 	attrs := metric.WithAttributes(attribute.String("outcome", outcome))
 	h.reviews.Add(r.Context(), 1, attrs)
@@ -109,6 +114,8 @@ type review struct {
 	Request    *request `json:"request"`
 }
 
+// request is the AdmissionRequest; for a Pod the object is decoded in the
+// same pass as the review (Pod), otherwise kept raw.
 type request struct {
 	UID         types.UID               `json:"uid"`
 	Kind        metav1.GroupVersionKind `json:"kind"`
@@ -116,10 +123,72 @@ type request struct {
 	Namespace   string                  `json:"namespace"`
 	Operation   admissionv1.Operation   `json:"operation"`
 	Object      runtime.RawExtension    `json:"object"`
+
+	// Pod is the decoded object when the one-pass decode succeeded.
+	Pod *corev1.Pod `json:"-"`
+	// PodErr is why the object did not decode as a Pod.
+	PodErr error `json:"-"`
+}
+
+// podReview decodes a review and its Pod in one pass.
+type podReview struct {
+	APIVersion string `json:"apiVersion"`
+	Kind       string `json:"kind"`
+	Request    *struct {
+		UID         types.UID               `json:"uid"`
+		Kind        metav1.GroupVersionKind `json:"kind"`
+		SubResource string                  `json:"subResource"`
+		Namespace   string                  `json:"namespace"`
+		Operation   admissionv1.Operation   `json:"operation"`
+		Object      *corev1.Pod             `json:"object"`
+	} `json:"request"`
+}
+
+// decodeReview decodes body case-sensitively, as the API server writes it
+// (the patch paths are case-sensitive, so "Spec" must not be read as
+// "spec"). Reviews of Pods, the common case, are decoded in one pass; any
+// other object, or one that is not a valid Pod, is kept raw.
+func decodeReview(body []byte) (*review, error) {
+	var pr podReview
+	if err := kjson.UnmarshalCaseSensitivePreserveInts(body, &pr); err == nil && pr.Request != nil && pr.Request.Object != nil {
+		r := pr.Request
+		return &review{APIVersion: pr.APIVersion, Kind: pr.Kind, Request: &request{
+			UID: r.UID, Kind: r.Kind, SubResource: r.SubResource, Namespace: r.Namespace, Operation: r.Operation, Pod: r.Object,
+		}}, nil
+	}
+	var in review
+	if err := kjson.UnmarshalCaseSensitivePreserveInts(body, &in); err != nil {
+		return nil, err
+	}
+	if in.Request != nil {
+		var pod corev1.Pod
+		if err := kjson.UnmarshalCaseSensitivePreserveInts(in.Request.Object.Raw, &pod); err != nil {
+			in.Request.PodErr = err
+		} else {
+			in.Request.Pod = &pod
+		}
+	}
+	return &in, nil
+}
+
+// hasMetadata reports whether the review's object has a metadata object.
+func hasMetadata(body []byte) bool {
+	var top struct {
+		Request struct {
+			Object struct {
+				Metadata json.RawMessage `json:"metadata"`
+			} `json:"object"`
+		} `json:"request"`
+	}
+	if err := kjson.UnmarshalCaseSensitivePreserveInts(body, &top); err != nil {
+		return false
+	}
+	m := top.Request.Object.Metadata
+	return len(m) > 0 && string(m) != "null"
 }
 
 // review decides one request. A panic becomes a denial carrying the UID.
-func (h *Handler) review(ctx context.Context, req *request) (resp *admissionv1.AdmissionResponse, outcome string) {
+func (h *Handler) review(ctx context.Context, req *request, body []byte) (resp *admissionv1.AdmissionResponse, outcome string) {
 	start := time.Now()
 	defer func() {
 		if v := recover(); v != nil {
@@ -133,21 +202,18 @@ func (h *Handler) review(ctx context.Context, req *request) (resp *admissionv1.A
 	if req.Kind.Group != "" || req.Kind.Kind != "Pod" || req.Operation != admissionv1.Create || req.SubResource != "" {
 		return &admissionv1.AdmissionResponse{UID: req.UID, Allowed: true}, "skipped"
 	}
-	// Decode case-sensitively, as the API server does: the patch paths are
-	// case-sensitive, so "Spec" must not be read as "spec".
-	var pod corev1.Pod
-	if err := kjson.UnmarshalCaseSensitivePreserveInts(req.Object.Raw, &pod); err != nil {
-		return deny(req, http.StatusBadRequest, "piggy: cannot decode the pod: "+err.Error()), "denied"
+	if req.Pod == nil {
+		msg := "piggy: the review has no pod"
+		if req.PodErr != nil {
+			msg = "piggy: cannot decode the pod: " + req.PodErr.Error()
+		}
+		return deny(req, http.StatusBadRequest, msg), "denied"
 	}
+	pod := *req.Pod
 	// The patch may add /metadata/annotations; the API server always sends
 	// metadata, but a pod without it could not be patched.
-	if pod.Annotations == nil {
-		var top struct {
-			Metadata json.RawMessage `json:"metadata"`
-		}
-		if err := kjson.UnmarshalCaseSensitivePreserveInts(req.Object.Raw, &top); err != nil || len(top.Metadata) == 0 || string(top.Metadata) == "null" {
-			return deny(req, http.StatusBadRequest, "piggy: the pod has no metadata"), "denied"
-		}
+	if pod.Annotations == nil && !hasMetadata(body) {
+		return deny(req, http.StatusBadRequest, "piggy: the pod has no metadata"), "denied"
 	}
 	ns := req.Namespace
 	if ns == "" {
