@@ -2,15 +2,9 @@ package deploytest
 
 import (
 	"bytes"
-	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net/http"
-	"net/http/httptest"
-	"net/http/httputil"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -186,7 +180,7 @@ func TestServerSideDryRun(t *testing.T) {
 	}
 }
 
-// helmCmd runs helm against a cluster through versionProxy.
+// helmCmd runs helm against a cluster.
 func helmCmd(t *testing.T, kubeconfig string, args ...string) string {
 	t.Helper()
 	out, err := run(t, repoRoot(), []string{"HELM_CACHE_HOME=" + t.TempDir(), "HELM_CONFIG_HOME=" + t.TempDir(), "HELM_DATA_HOME=" + t.TempDir()},
@@ -195,54 +189,6 @@ func helmCmd(t *testing.T, kubeconfig string, args ...string) string {
 		t.Fatalf("helm %s: %v\n%s", strings.Join(args, " "), err, out)
 	}
 	return out
-}
-
-// versionProxy serves the cluster's API through a loopback reverse proxy
-// that answers /version as Kubernetes v1.37.2, and returns a kubeconfig for
-// it. kubetest builds kube-apiserver without the version ldflags, so the
-// real /version says v0.0.0-master, which fails the chart's kubeVersion
-// constraint (>=1.30) although the server is 1.37.2 in every other respect.
-// Everything else is passed through unchanged, with the admin token.
-func versionProxy(t *testing.T, cl *kubetest.Cluster) string {
-	t.Helper()
-	target, err := url.Parse(cl.Host())
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(cl.CAPEM())
-	proxy := httputil.NewSingleHostReverseProxy(target)
-	proxy.Transport = &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}}
-	proxy.FlushInterval = -1
-	// client-go sends no bearer token over plain HTTP: the proxy adds it.
-	token := cl.RESTConfig().BearerToken
-	direct := proxy.Director
-	proxy.Director = func(r *http.Request) {
-		direct(r)
-		r.Header.Set("Authorization", "Bearer "+token)
-	}
-	version := []byte(`{"major":"1","minor":"37","gitVersion":"v1.37.2","gitCommit":"kubetest","gitTreeState":"clean","buildDate":"2026-01-01T00:00:00Z","goVersion":"go1.26","compiler":"gc","platform":"linux/amd64"}`)
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/version" {
-			w.Header().Set("Content-Type", "application/json")
-			_, _ = w.Write(version)
-			return
-		}
-		proxy.ServeHTTP(w, r)
-	}))
-	t.Cleanup(srv.Close)
-	path := filepath.Join(t.TempDir(), "kubeconfig")
-	cfg := fmt.Sprintf(`apiVersion: v1
-kind: Config
-clusters: [{name: kubetest, cluster: {server: %q}}]
-users: [{name: admin, user: {}}]
-contexts: [{name: kubetest, context: {cluster: kubetest, user: admin}}]
-current-context: kubetest
-`, srv.URL)
-	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return path
 }
 
 // tlsState is what an upgrade must keep (or change) of the generated TLS.
@@ -286,7 +232,7 @@ func TestHelmInstallAndUpgrade(t *testing.T) {
 	cl := kubetest.ForTest(t)
 	c := newClient(t, cl.RESTConfig())
 	ctx := t.Context()
-	kc := versionProxy(t, cl)
+	kc := cl.KubeconfigPath()
 
 	helmCmd(t, kc, "install", releaseName, chartDir(), "--namespace", releaseNamespace, "--create-namespace")
 	first := readTLSState(t, c.cs, releaseNamespace, releaseName)

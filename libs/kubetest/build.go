@@ -28,21 +28,34 @@ type artifact struct {
 	module  string // module required by the scratch module
 	version string // its version
 	pkg     string // main package to build
-	dir     string // cache subdirectory, e.g. "kubernetes-v1.37.2"
+	dir     string // cache subdirectory, e.g. "kubernetes-v1.37.2-2"
 	// staging: add "replace k8s.io/x => k8s.io/x v0.<minor>.<patch>" for
 	// every ./staging replace in the module's own go.mod, as
 	// k8s.io/kubernetes cannot be required without them.
 	staging bool
+	// ldflags are passed to go build.
+	ldflags string
 }
 
+// apiServerArtifact builds kube-apiserver with the version stamped in, as
+// the release build does (without it /version says v0.0.0-master and
+// clients such as helm refuse the cluster). The "-2" in the cache directory
+// is the recipe's revision: builds from the unstamped recipe are not reused.
 func apiServerArtifact(version string) artifact {
+	ldflags := "-s"
+	if parts := strings.SplitN(strings.TrimPrefix(version, "v"), ".", 3); len(parts) == 3 {
+		const pkg = "k8s.io/component-base/version"
+		ldflags += fmt.Sprintf(" -X %[1]s.gitVersion=%[2]s -X %[1]s.gitMajor=%[3]s -X %[1]s.gitMinor=%[4]s -X %[1]s.gitTreeState=clean",
+			pkg, version, parts[0], parts[1])
+	}
 	return artifact{
 		binary:  "kube-apiserver",
 		module:  "k8s.io/kubernetes",
 		version: version,
 		pkg:     "k8s.io/kubernetes/cmd/kube-apiserver",
-		dir:     "kubernetes-" + version,
+		dir:     "kubernetes-" + version + "-2",
 		staging: true,
+		ldflags: ldflags,
 	}
 }
 
@@ -53,6 +66,7 @@ func etcdArtifact(version string) artifact {
 		version: version,
 		pkg:     "go.etcd.io/etcd/server/v3",
 		dir:     "etcd-" + version,
+		ldflags: "-s",
 	}
 }
 
@@ -219,7 +233,7 @@ func (b *builder) build(ctx context.Context, a artifact, dir, final string) erro
 	}
 	// 4. Build next to the final path, then rename atomically.
 	tmp := filepath.Join(scratch, a.binary)
-	if err := run("4/4 go build", nil, "build", "-trimpath", "-ldflags=-s", "-o", tmp, a.pkg); err != nil {
+	if err := run("4/4 go build", nil, "build", "-trimpath", "-ldflags="+a.ldflags, "-o", tmp, a.pkg); err != nil {
 		return err
 	}
 	if err := os.Chmod(tmp, 0o755); err != nil {

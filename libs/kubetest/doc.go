@@ -15,7 +15,7 @@
 // go.etcd.io/etcd/server/v3) are built from source through the Go module
 // proxy the first time they are needed, once per version, and cached:
 //
-//	<CacheDir>/kubernetes-v1.37.2/kube-apiserver
+//	<CacheDir>/kubernetes-v1.37.2-2/kube-apiserver   (the suffix is the build recipe's revision)
 //	<CacheDir>/etcd-v3.7.3/etcd
 //
 // where CacheDir defaults to <os.UserCacheDir()>/piggy/kube. A cold build

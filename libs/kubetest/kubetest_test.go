@@ -52,6 +52,11 @@ func TestSmoke(t *testing.T) {
 	ctx := t.Context()
 	cs := c.Clientset()
 
+	// The binary carries its release version, as clients such as helm check it.
+	if v, err := cs.Discovery().ServerVersion(); err != nil || v.GitVersion != kubetest.DefaultKubernetesVersion {
+		t.Errorf("server version = %v, %v; want %s", v, err, kubetest.DefaultKubernetesVersion)
+	}
+
 	ns, err := kubetest.CreateNamespace(ctx, cs, "smoke-")
 	if err != nil {
 		t.Fatal(err)
