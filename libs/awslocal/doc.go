@@ -1,7 +1,9 @@
 // Package awslocal is an AWS-compatible test server for the AWS calls Piggy
 // makes: STS AssumeRoleWithWebIdentity (query protocol), Secrets Manager
-// GetSecretValue, CreateSecret and PutSecretValue (JSON 1.1) and SSM
-// GetParameter, GetParametersByPath and PutParameter (JSON 1.1).
+// GetSecretValue, CreateSecret and PutSecretValue (JSON 1.1), SSM
+// GetParameter, GetParametersByPath and PutParameter (JSON 1.1) and ECR
+// GetAuthorizationToken (JSON 1.1; the token is base64("AWS:<password>")
+// with the password [Server.ECRPassword] returns, for test registries).
 //
 // It is meant to be driven by the real aws-sdk-go-v2 clients, pointed at it
 // with AWS_ENDPOINT_URL and AWS_ENDPOINT_URL_STS (the web identity credential
@@ -10,7 +12,7 @@
 //
 //   - error shapes: __type and X-Amzn-ErrorType with the AWS HTTP status for
 //     JSON services, ErrorResponse/Error{Type,Code,Message} for STS;
-//   - Secrets Manager and SSM requests must carry a SigV4 Authorization header
+//   - Secrets Manager, SSM and ECR requests must carry a SigV4 Authorization header
 //     scoped to the right service and the server's region, and the signature
 //     is verified for real with the secret key the server knows: either keys
 //     issued by AssumeRoleWithWebIdentity (the session token must match, and

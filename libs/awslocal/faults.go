@@ -20,7 +20,8 @@ const (
 	// standard retryer retries.
 	FaultThrottle FaultKind = "throttle"
 	// FaultServerError answers with the service's internal error (HTTP 500:
-	// InternalServiceError, InternalServerError or InternalFailure).
+	// InternalServiceError, InternalServerError, ServerException or
+	// InternalFailure).
 	FaultServerError FaultKind = "server-error"
 	// FaultError answers with Fault.Code, Fault.Status and Fault.Message, for
 	// error shapes the server has no other way to produce.
@@ -33,7 +34,8 @@ const (
 
 // Fault is an injected failure for matching calls.
 type Fault struct {
-	// Service is ServiceSTS, ServiceSecretsManager, ServiceSSM, or "" for any.
+	// Service is ServiceSTS, ServiceSecretsManager, ServiceSSM, ServiceECR,
+	// or "" for any.
 	Service string
 	// Operation is an operation name such as "GetSecretValue", or "" for any.
 	Operation string
@@ -186,6 +188,7 @@ func (t *faultTable) apply(ctx context.Context, w http.ResponseWriter, service, 
 			ServiceSTS:            "InternalFailure",
 			ServiceSecretsManager: codeInternalServiceError,
 			ServiceSSM:            codeInternalServerError,
+			ServiceECR:            codeECRServer,
 		}[service]
 		return &apiError{status: http.StatusInternalServerError, code: code, message: "An internal error occurred. Try again."}, false
 	case FaultError:

@@ -102,11 +102,14 @@ var secretsManagerOps = map[string]operation{
 	"PutSecretValue": (*Server).putSecretValue,
 }
 
-// jsonOperation dispatches a Secrets Manager or SSM call.
+// jsonOperation dispatches a Secrets Manager, SSM or ECR call.
 func (s *Server) jsonOperation(service, op string, caller credential, body []byte) (any, *apiError) {
 	ops := ssmOps
-	if service == ServiceSecretsManager {
+	switch service {
+	case ServiceSecretsManager:
 		ops = secretsManagerOps
+	case ServiceECR:
+		ops = ecrOps
 	}
 	fn, ok := ops[op]
 	if !ok {

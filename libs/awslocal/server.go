@@ -23,6 +23,7 @@ const (
 	ServiceSTS            = "sts"
 	ServiceSecretsManager = "secretsmanager"
 	ServiceSSM            = "ssm"
+	ServiceECR            = "ecr"
 )
 
 // maxBodyBytes bounds request bodies; AWS's own limits are far lower for the
@@ -47,8 +48,8 @@ type Options struct {
 	// signatures, issuer, audience and expiry. When nil only the JWT shape
 	// (and exp, when present) is checked.
 	WebIdentity *WebIdentity
-	// StaticCredentials are long-lived keys accepted on Secrets Manager and
-	// SSM requests, like an IAM user's access keys.
+	// StaticCredentials are long-lived keys accepted on Secrets Manager, SSM
+	// and ECR requests, like an IAM user's access keys.
 	StaticCredentials []StaticCredentials
 	// Trust maps a role ARN to the token subjects ("sub" claim; * and ?
 	// wildcards) that may assume it, like an IRSA trust policy. When Trust is
@@ -60,6 +61,9 @@ type Options struct {
 	// wildcards; * also matches "/"). Principals missing from Allow may use
 	// everything.
 	Allow map[string][]string
+	// ECRTokenDuration is the lifetime of ECR authorization tokens (the
+	// expiresAt of GetAuthorizationToken). Default 12 hours, as on AWS.
+	ECRTokenDuration time.Duration
 	// Now is the server's clock, for expiry checks. Default time.Now.
 	Now func() time.Time
 	// Logger receives one debug line per request (service, operation,
@@ -83,12 +87,14 @@ func (c StaticCredentials) LogValue() slog.Value {
 	return slog.GroupValue(slog.String("accessKeyId", c.AccessKeyID), slog.String("principal", c.Principal))
 }
 
-// Server is an AWS-compatible HTTP handler for STS, Secrets Manager and SSM.
+// Server is an AWS-compatible HTTP handler for STS, Secrets Manager, SSM and
+// ECR's GetAuthorizationToken.
 // Create it with New; all methods are safe for concurrent use.
 type Server struct {
 	region      string
 	account     string
 	duration    time.Duration
+	ecrDuration time.Duration
 	webIdentity *verifier
 	trust       map[string][]string
 	allow       map[string][]string
@@ -99,6 +105,7 @@ type Server struct {
 	creds   map[string]credential // by access key id
 	secrets map[string]*secret    // by name
 	params  map[string]*parameter // by name
+	ecrPass string                // the registry password ECR tokens carry
 
 	faults faultTable
 }
@@ -117,17 +124,19 @@ var accountIDPattern = regexp.MustCompile(`^[0-9]{12}$`)
 // New returns a Server configured by opts.
 func New(opts Options) (*Server, error) {
 	s := &Server{
-		region:   opts.Region,
-		account:  opts.AccountID,
-		duration: opts.CredentialDuration,
-		trust:    copyPatterns(opts.Trust),
-		allow:    copyPatterns(opts.Allow),
-		now:      opts.Now,
-		log:      opts.Logger,
-		creds:    map[string]credential{},
-		secrets:  map[string]*secret{},
-		params:   map[string]*parameter{},
-		faults:   faultTable{calls: map[callKey]int{}},
+		region:      opts.Region,
+		account:     opts.AccountID,
+		duration:    opts.CredentialDuration,
+		ecrDuration: opts.ECRTokenDuration,
+		ecrPass:     randomString(40, mixedAlnum),
+		trust:       copyPatterns(opts.Trust),
+		allow:       copyPatterns(opts.Allow),
+		now:         opts.Now,
+		log:         opts.Logger,
+		creds:       map[string]credential{},
+		secrets:     map[string]*secret{},
+		params:      map[string]*parameter{},
+		faults:      faultTable{calls: map[callKey]int{}},
 	}
 	if s.region == "" {
 		s.region = "us-east-1"
@@ -143,6 +152,12 @@ func New(opts Options) (*Server, error) {
 	}
 	if s.duration < 0 {
 		return nil, fmt.Errorf("credential duration %v: must be positive", s.duration)
+	}
+	if s.ecrDuration == 0 {
+		s.ecrDuration = 12 * time.Hour
+	}
+	if s.ecrDuration < 0 {
+		return nil, fmt.Errorf("ECR token duration %v: must be positive", s.ecrDuration)
 	}
 	if s.now == nil {
 		s.now = time.Now
@@ -184,9 +199,10 @@ func copyPatterns(m map[string][]string) map[string][]string {
 // Region returns the region the server accepts.
 func (s *Server) Region() string { return s.region }
 
-// ServeHTTP routes a request to STS, Secrets Manager or SSM: requests with
-// X-Amz-Target "secretsmanager.<Op>" or "AmazonSSM.<Op>" are JSON 1.1 calls,
-// everything else is an STS query-protocol call.
+// ServeHTTP routes a request to STS, Secrets Manager, SSM or ECR: requests
+// with X-Amz-Target "secretsmanager.<Op>", "AmazonSSM.<Op>" or
+// "AmazonEC2ContainerRegistry_V20150921.<Op>" are JSON 1.1 calls, everything
+// else is an STS query-protocol call.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBodyBytes))
 	service, op := classify(r)
@@ -238,6 +254,8 @@ func classify(r *http.Request) (service, op string) {
 		return ServiceSecretsManager, truncate(strings.TrimPrefix(target, "secretsmanager."), 64)
 	case strings.HasPrefix(target, "AmazonSSM."):
 		return ServiceSSM, truncate(strings.TrimPrefix(target, "AmazonSSM."), 64)
+	case strings.HasPrefix(target, ecrTargetPrefix):
+		return ServiceECR, truncate(strings.TrimPrefix(target, ecrTargetPrefix), 64)
 	default:
 		return ServiceSTS, ""
 	}

@@ -17,6 +17,7 @@ import (
 	"github.com/piggysec/piggy/libs/flagenv"
 	imageresolverv1 "github.com/piggysec/piggy/libs/gen/piggy/imageresolver/v1"
 	"github.com/piggysec/piggy/services/image-resolver/internal/config"
+	"github.com/piggysec/piggy/services/image-resolver/internal/ecrauth"
 	"github.com/piggysec/piggy/services/image-resolver/internal/grpcapi"
 	"github.com/piggysec/piggy/services/image-resolver/internal/keychain"
 	"github.com/piggysec/piggy/services/image-resolver/internal/resolve"
@@ -37,12 +38,20 @@ func run(ctx context.Context, args []string, lookup flagenv.Lookup) error {
 	if err != nil {
 		return d.Abort(err)
 	}
+	var cloud []keychain.Cloud
+	ecrKeychain, err := newECRKeychain(ctx, cfg, d.Log)
+	if err != nil {
+		return d.Abort(err)
+	}
+	if ecrKeychain != nil {
+		cloud = append(cloud, ecrKeychain)
+	}
 	roots, err := registryRoots(cfg.RegistryCAFile)
 	if err != nil {
 		return d.Abort(err)
 	}
 	resolver, err := resolve.New(resolve.Options{
-		Keychain:           keychain.New(kube),
+		Keychain:           keychain.New(kube, cloud...),
 		DefaultPlatform:    cfg.DefaultPlatform,
 		InsecureRegistries: cfg.InsecureRegistries,
 		RootCAs:            roots,
@@ -110,6 +119,35 @@ func kubeClient(ctx context.Context, cfg config.Config, lookup flagenv.Lookup, l
 	}
 	log.InfoContext(ctx, "reading pull secrets from Kubernetes", "host", rc.Host)
 	return cs.CoreV1(), nil
+}
+
+// newECRKeychain returns the ECR credential source, or nil when --ecr is
+// off (or auto and the AWS configuration does not load).
+func newECRKeychain(ctx context.Context, cfg config.Config, log *slog.Logger) (*ecrauth.Keychain, error) {
+	if cfg.ECR == config.ECROff {
+		log.InfoContext(ctx, "ECR credentials are off")
+		return nil, nil
+	}
+	awsCfg, err := ecrauth.LoadConfig(ctx)
+	if err != nil {
+		if cfg.ECR == config.ECRAuto {
+			log.WarnContext(ctx, "the AWS configuration does not load: ECR credentials are off (set --ecr=off to silence)", "error", err)
+			return nil, nil
+		}
+		return nil, fmt.Errorf("--ecr=on: %w", err)
+	}
+	kc, err := ecrauth.New(ecrauth.Options{
+		Config:     awsCfg,
+		Registries: cfg.ECRRegistries,
+		Timeout:    cfg.RegistryTimeout,
+		FailureTTL: cfg.NegativeTTL,
+		Logger:     log,
+	})
+	if err != nil {
+		return nil, err
+	}
+	log.InfoContext(ctx, "ECR credentials are on", "extra_registries", len(cfg.ECRRegistries))
+	return kc, nil
 }
 
 // registryRoots returns the system roots plus the PEM bundle in file.

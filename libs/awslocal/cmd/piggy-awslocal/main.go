@@ -1,7 +1,7 @@
 // Command piggy-awslocal serves the awslocal AWS-compatible test server (STS
-// AssumeRoleWithWebIdentity, Secrets Manager, SSM Parameter Store) for local
-// stacks and end-to-end tests. Point the AWS SDK at it with AWS_ENDPOINT_URL
-// and AWS_ENDPOINT_URL_STS.
+// AssumeRoleWithWebIdentity, Secrets Manager, SSM Parameter Store, ECR
+// GetAuthorizationToken) for local stacks and end-to-end tests. Point the AWS
+// SDK at it with AWS_ENDPOINT_URL and AWS_ENDPOINT_URL_STS.
 //
 // Every flag can also be set through an environment variable, AWSLOCAL_ and
 // the flag name in upper case with "_" for "-" (-tls-cert is

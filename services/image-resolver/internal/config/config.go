@@ -12,6 +12,7 @@ import (
 
 	"github.com/piggysec/piggy/libs/daemon"
 	"github.com/piggysec/piggy/libs/flagenv"
+	"github.com/piggysec/piggy/services/image-resolver/internal/ecrauth"
 	"github.com/piggysec/piggy/services/image-resolver/internal/resolve"
 )
 
@@ -24,6 +25,17 @@ const (
 	KubernetesOn = "on"
 	// KubernetesOff never reads pull secrets (local use): lookups are anonymous.
 	KubernetesOff = "off"
+)
+
+// ECR credential modes (--ecr).
+const (
+	// ECRAuto uses ECR credentials when the AWS configuration loads, else
+	// runs without them with a warning.
+	ECRAuto = "auto"
+	// ECROn requires the AWS configuration to load.
+	ECROn = "on"
+	// ECROff never asks AWS for registry credentials.
+	ECROff = "off"
 )
 
 // Config is the image-resolver's complete configuration.
@@ -54,6 +66,11 @@ type Config struct {
 	Kubernetes string
 	// Kubeconfig is a kubeconfig file; empty uses the in-cluster configuration.
 	Kubeconfig string
+	// ECR is auto, on or off.
+	ECR string
+	// ECRRegistries maps registry hosts (host[:port]) to the AWS region of
+	// their ECR token, beyond the hosts matching the ECR pattern.
+	ECRRegistries map[string]string
 }
 
 // Load parses args and the environment (flag names upper-cased, "-" → "_").
@@ -63,6 +80,7 @@ func Load(args []string, lookup flagenv.Lookup, output io.Writer) (Config, error
 		c        Config
 		platform string
 		insecure string
+		ecrRegs  string
 	)
 	fs := flag.NewFlagSet("image-resolver", flag.ContinueOnError)
 	fs.SetOutput(output)
@@ -78,6 +96,8 @@ func Load(args []string, lookup flagenv.Lookup, output io.Writer) (Config, error
 	fs.DurationVar(&c.NegativeTTL, "negative-ttl", 5*time.Second, "how long a failed lookup (not found, refused, unreachable) is reused for the same credentials; 0 disables")
 	fs.StringVar(&c.Kubernetes, "kubernetes", KubernetesAuto, "Kubernetes access for pull secrets: auto (kubeconfig, else in-cluster, else off with a warning), on, or off")
 	fs.StringVar(&c.Kubeconfig, "kubeconfig", "", "kubeconfig file; empty uses the in-cluster configuration")
+	fs.StringVar(&c.ECR, "ecr", ECRAuto, "ECR registry credentials (ecr:GetAuthorizationToken), tried after the pull secrets for <account>.dkr.ecr[-fips].<region>.amazonaws.com[.cn] and --ecr-registries: auto (on when the AWS configuration loads, else off with a warning), on, or off")
+	fs.StringVar(&ecrRegs, "ecr-registries", "", "comma-separated host[:port]=region list of further registries served with the ECR token of that region (private endpoints, tests)")
 	if err := flagenv.Parse(fs, "", args, lookup); err != nil {
 		return Config{}, &daemon.UsageError{Err: err}
 	}
@@ -120,6 +140,29 @@ func Load(args []string, lookup flagenv.Lookup, output io.Writer) (Config, error
 	case KubernetesAuto, KubernetesOn, KubernetesOff:
 	default:
 		errs = append(errs, fmt.Errorf("--kubernetes %q is not auto, on or off", c.Kubernetes))
+	}
+	switch c.ECR {
+	case ECRAuto, ECROn, ECROff:
+	default:
+		errs = append(errs, fmt.Errorf("--ecr %q is not auto, on or off", c.ECR))
+	}
+	for _, pair := range strings.Split(ecrRegs, ",") {
+		if pair = strings.TrimSpace(pair); pair == "" {
+			continue
+		}
+		h, region, ok := strings.Cut(pair, "=")
+		reg, err := resolve.NormalizeRegistry(h)
+		switch {
+		case !ok || err != nil || strings.Contains(h, "/"):
+			errs = append(errs, fmt.Errorf("--ecr-registries: %q is not host[:port]=region", pair))
+		case !ecrauth.ValidRegion(strings.TrimSpace(region)):
+			errs = append(errs, fmt.Errorf("--ecr-registries: %q is not an AWS region", region))
+		default:
+			if c.ECRRegistries == nil {
+				c.ECRRegistries = map[string]string{}
+			}
+			c.ECRRegistries[reg] = strings.TrimSpace(region)
+		}
 	}
 	if err := errors.Join(errs...); err != nil {
 		return Config{}, &daemon.UsageError{Err: err}

@@ -51,6 +51,26 @@ func TestLoad(t *testing.T) {
 			},
 		},
 		{
+			name: "ECR",
+			args: []string{"--ecr=on", "--ecr-registries= 127.0.0.1:5000=eu-west-3, ecr.internal.example=us-gov-west-1,"},
+			check: func(t *testing.T, c Config) {
+				got := []any{c.ECR, c.ECRRegistries}
+				want := []any{"on", map[string]string{"127.0.0.1:5000": "eu-west-3", "ecr.internal.example": "us-gov-west-1"}}
+				if diff := cmp.Diff(want, got); diff != "" {
+					t.Errorf("config mismatch (-want +got):\n%s", diff)
+				}
+			},
+		},
+		{
+			name:  "ECR defaults to auto",
+			check: func(t *testing.T, c Config) { checkECR(t, c, ECRAuto) },
+		},
+		{
+			name:    "invalid ECR values",
+			args:    []string{"--ecr=maybe", "--ecr-registries=registry.local,x.example/y=eu-west-1,r.example=Mars"},
+			wantErr: []string{`--ecr "maybe"`, `"registry.local" is not host[:port]=region`, `"x.example/y=eu-west-1"`, `"Mars" is not an AWS region`},
+		},
+		{
 			name:    "unparsable environment value",
 			env:     map[string]string{"NEGATIVE_TTL": "soon"},
 			wantErr: []string{`invalid value "soon" for NEGATIVE_TTL`},
@@ -76,5 +96,12 @@ func TestLoad(t *testing.T) {
 			}
 			tt.check(t, c)
 		})
+	}
+}
+
+func checkECR(t *testing.T, c Config, mode string) {
+	t.Helper()
+	if c.ECR != mode || c.ECRRegistries != nil {
+		t.Errorf("ECR = %q, %v; want %q, no registries", c.ECR, c.ECRRegistries, mode)
 	}
 }

@@ -3,6 +3,9 @@
 // pod's imagePullSecrets and the image-pull-secret annotation), then the
 // imagePullSecrets of the pod's service account, in that order. A missing
 // secret or service account is skipped with a note, as the kubelet does.
+// Platform sources (the ECR keychain, [Cloud]) come after the pull secrets;
+// when one cannot produce credentials the lookup continues without them,
+// with a note.
 //
 // Least privilege: it reads only the named secrets and the named service
 // account, one client-go Get each; it never lists or watches secrets.
@@ -76,18 +79,32 @@ type Request struct {
 	PullSecrets []SecretRef
 }
 
-// Gatherer reads pull secrets through Kube.
-type Gatherer struct {
-	kube Kube
-	key  []byte // HMAC key of credential identities, random per process
+// Cloud is a credential source of the platform the resolver runs on, such
+// as the ECR keychain: it serves some registries with credentials it
+// obtains itself. Its error texts must hold no credential material: they
+// become notes and client-visible messages.
+type Cloud interface {
+	authn.ContextKeychain
+	// Describe names the source for registry (host[:port]), e.g. "ECR
+	// credentials for region eu-west-1"; ok is false when the source does
+	// not serve registry.
+	Describe(registry string) (name string, ok bool)
 }
 
-// New returns a Gatherer. A nil kube runs without Kubernetes: every lookup
-// is anonymous and the notes say which secrets were not read.
-func New(kube Kube) *Gatherer {
+// Gatherer reads pull secrets through Kube.
+type Gatherer struct {
+	kube  Kube
+	cloud []Cloud
+	key   []byte // HMAC key of credential identities, random per process
+}
+
+// New returns a Gatherer. A nil kube runs without Kubernetes: the notes say
+// which secrets were not read. Cloud sources are tried after the pull
+// secrets, in order.
+func New(kube Kube, cloud ...Cloud) *Gatherer {
 	key := make([]byte, 32)
 	_, _ = rand.Read(key) // crypto/rand does not fail on supported platforms
-	return &Gatherer{kube: kube, key: key}
+	return &Gatherer{kube: kube, cloud: cloud, key: key}
 }
 
 // Source is one pull secret that was read and holds registry credentials.
@@ -103,13 +120,14 @@ type Set struct {
 	Sources []Source
 	// Notes describe every source considered (names only), in order.
 	Notes []string
+	cloud []Cloud
 	key   []byte
 }
 
 // Gather reads the request's pull secrets and its service account's
 // imagePullSecrets. Missing objects are noted and skipped.
 func (g *Gatherer) Gather(ctx context.Context, req Request) (*Set, error) {
-	set := &Set{key: g.key}
+	set := &Set{key: g.key, cloud: g.cloud}
 	if g.kube == nil {
 		for _, ref := range req.PullSecrets {
 			set.note("pull secret %s: not read (Kubernetes access is off)", qualify(ref, req.Namespace))
@@ -235,16 +253,42 @@ type Candidates struct {
 	Identity string
 	// Notes say which sources apply to the repository (names only).
 	Notes []string
+	// Unavailable describes the cloud sources that serve the repository's
+	// registry but could not produce credentials ("ECR credentials for
+	// region eu-west-1: AWS answered AccessDeniedException"); no secrets.
+	Unavailable []string
 }
 
 // For returns the candidates whose credentials apply to the repository,
-// dropping repeated identical credentials.
-func (s *Set) For(repo authn.Resource) (Candidates, error) {
+// dropping repeated identical credentials. Cloud sources are asked within
+// ctx; one that fails is noted in Unavailable and skipped.
+func (s *Set) For(ctx context.Context, repo authn.Resource) (Candidates, error) {
 	var (
 		c    Candidates
 		mac  hash.Hash
 		seen = map[authn.AuthConfig]bool{}
 	)
+	// add appends a candidate; scope is hashed with the credentials so
+	// that the same token from another region is another identity (pull
+	// secrets have none: equal credentials in two secrets are one identity).
+	add := func(name, scope string, cfg *authn.AuthConfig, kc authn.Keychain) {
+		if seen[*cfg] {
+			c.Notes = append(c.Notes, fmt.Sprintf("%s: same credentials as an earlier source; skipped", name))
+			return
+		}
+		seen[*cfg] = true
+		if mac == nil {
+			mac = hmac.New(sha256.New, s.key)
+		}
+		for _, f := range []string{scope, cfg.Username, cfg.Password, cfg.Auth, cfg.IdentityToken, cfg.RegistryToken} {
+			var n [8]byte
+			binary.BigEndian.PutUint64(n[:], uint64(len(f)))
+			mac.Write(n[:])
+			mac.Write([]byte(f))
+		}
+		c.Notes = append(c.Notes, fmt.Sprintf("%s: has credentials for %s", name, repo.RegistryStr()))
+		c.List = append(c.List, Candidate{Source: name, Keychain: kc})
+	}
 	for _, src := range s.Sources {
 		auth, err := src.keychain.Resolve(repo)
 		if err != nil {
@@ -258,29 +302,48 @@ func (s *Set) For(repo authn.Resource) (Candidates, error) {
 		if err != nil {
 			return Candidates{}, fmt.Errorf("%s: %w", src.Name, ErrInvalidSecret)
 		}
-		if seen[*cfg] {
-			c.Notes = append(c.Notes, fmt.Sprintf("%s: same credentials as an earlier source; skipped", src.Name))
+		add(src.Name, "", cfg, src.keychain)
+	}
+	for _, cl := range s.cloud {
+		name, ok := cl.Describe(repo.RegistryStr())
+		if !ok {
 			continue
 		}
-		seen[*cfg] = true
-		if mac == nil {
-			mac = hmac.New(sha256.New, s.key)
+		auth, err := cl.ResolveContext(ctx, repo)
+		var cfg *authn.AuthConfig
+		if err == nil && auth != authn.Anonymous {
+			cfg, err = auth.Authorization()
 		}
-		for _, f := range []string{cfg.Username, cfg.Password, cfg.Auth, cfg.IdentityToken, cfg.RegistryToken} {
-			var n [8]byte
-			binary.BigEndian.PutUint64(n[:], uint64(len(f)))
-			mac.Write(n[:])
-			mac.Write([]byte(f))
+		switch {
+		case err != nil:
+			// The Cloud contract: error texts hold no credentials.
+			c.Unavailable = append(c.Unavailable, err.Error())
+			c.Notes = append(c.Notes, err.Error()+"; continuing without them")
+		case cfg == nil:
+			c.Notes = append(c.Notes, fmt.Sprintf("%s: no credentials for %s", name, repo.RegistryStr()))
+		default:
+			// The candidate uses exactly the credentials hashed into the
+			// identity, even if the source renews them meanwhile.
+			add(name, name, cfg, fixed{authn.FromConfig(*cfg)})
 		}
-		c.Notes = append(c.Notes, fmt.Sprintf("%s: has credentials for %s", src.Name, repo.RegistryStr()))
-		c.List = append(c.List, Candidate{Source: src.Name, Keychain: src.keychain})
 	}
 	if len(c.List) == 0 {
 		c.List = []Candidate{{Source: "anonymous", Keychain: authn.NewMultiKeychain()}}
 		c.Identity = "anonymous"
+		if len(c.Unavailable) > 0 {
+			// Not shared with lookups that had no cloud source to try:
+			// the failure they cache says why credentials were missing.
+			c.Identity = "anonymous; cloud credentials unavailable"
+		}
 		c.Notes = append(c.Notes, "no credentials apply to "+repo.RegistryStr()+"; trying anonymously")
 		return c, nil
 	}
 	c.Identity = hex.EncodeToString(mac.Sum(nil))
 	return c, nil
 }
+
+// fixed is a keychain answering every resource with one authenticator.
+type fixed struct{ auth authn.Authenticator }
+
+// Resolve returns the fixed authenticator.
+func (f fixed) Resolve(authn.Resource) (authn.Authenticator, error) { return f.auth, nil }

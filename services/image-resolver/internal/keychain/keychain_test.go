@@ -126,7 +126,7 @@ func TestGather(t *testing.T) {
 			if diff := cmp.Diff(tt.wantNotes, set.Notes); diff != "" {
 				t.Errorf("notes mismatch (-want +got):\n%s", diff)
 			}
-			cands, err := set.For(repo)
+			cands, err := set.For(t.Context(), repo)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -155,7 +155,7 @@ func TestIdentity(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		c, err := set.For(r)
+		c, err := set.For(t.Context(), r)
 		if err != nil {
 			t.Fatal(err)
 		}

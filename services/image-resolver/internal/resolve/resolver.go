@@ -29,8 +29,8 @@ const MeterName = "github.com/piggysec/piggy/services/image-resolver/internal/re
 
 // Options configures a Resolver.
 type Options struct {
-	// Keychain gathers the pod's pull secrets; required (keychain.New(nil)
-	// runs without Kubernetes).
+	// Keychain gathers the pod's pull secrets, then the cloud sources (ECR);
+	// required (keychain.New(nil) runs without Kubernetes or cloud sources).
 	Keychain *keychain.Gatherer
 	// DefaultPlatform fills the platform fields a request leaves empty.
 	DefaultPlatform Platform
@@ -333,19 +333,10 @@ func (r *Resolver) lookup(ctx context.Context, req Request, st *steps) (res Resu
 		st.add("TLS verification skipped: %s is an operator-listed insecure registry", t.registry)
 	}
 
-	kctx, cancel := context.WithTimeout(ctx, r.timeout)
-	set, err := r.keychain.Gather(kctx, keychain.Request{Namespace: req.Namespace, ServiceAccount: req.ServiceAccount, PullSecrets: req.PullSecrets})
-	timedOut := kctx.Err() != nil && ctx.Err() == nil
-	cancel()
+	cands, err := r.credentials(ctx, req, t, st)
 	if err != nil {
-		return Result{}, nil, r.credentialError(ctx, err, timedOut)
+		return Result{}, nil, err
 	}
-	st.addAll(set.Notes)
-	cands, err := set.For(t.ref.Context())
-	if err != nil {
-		return Result{}, nil, r.credentialError(ctx, err, false)
-	}
-	st.addAll(cands.Notes)
 
 	key := strings.Join([]string{t.ref.Name(), t.platform.String(), strconv.FormatBool(t.insecure), cands.Identity}, "\x00")
 	if e, ok := r.tags.Get(key); ok {
@@ -367,7 +358,7 @@ func (r *Resolver) lookup(ctx context.Context, req Request, st *steps) (res Resu
 	leader := false
 	ch := r.flight.DoChan(key, func() (any, error) {
 		leader = true
-		return r.fetch(ctx, t, cands.List, key), nil
+		return r.fetch(ctx, t, cands, key), nil
 	})
 	select {
 	case <-ctx.Done():
@@ -385,6 +376,24 @@ func (r *Resolver) lookup(ctx context.Context, req Request, st *steps) (res Resu
 		res, err := result(t, f.entry, f.config, false)
 		return res, f.entry.platforms, err
 	}
+}
+
+// credentials gathers the request's pull secrets and asks the cloud
+// sources, all within one registry timeout.
+func (r *Resolver) credentials(ctx context.Context, req Request, t target, st *steps) (keychain.Candidates, error) {
+	kctx, cancel := context.WithTimeout(ctx, r.timeout)
+	defer cancel()
+	set, err := r.keychain.Gather(kctx, keychain.Request{Namespace: req.Namespace, ServiceAccount: req.ServiceAccount, PullSecrets: req.PullSecrets})
+	if err != nil {
+		return keychain.Candidates{}, r.credentialError(ctx, err, kctx.Err() != nil && ctx.Err() == nil)
+	}
+	st.addAll(set.Notes)
+	cands, err := set.For(kctx, t.ref.Context())
+	if err != nil {
+		return keychain.Candidates{}, r.credentialError(ctx, err, false)
+	}
+	st.addAll(cands.Notes)
+	return cands, nil
 }
 
 func (r *Resolver) credentialError(ctx context.Context, err error, timedOut bool) error {
@@ -472,7 +481,8 @@ type fetched struct {
 // kubelet does), fills the caches and returns the outcome. It runs on a
 // context detached from the caller's cancellation, bounded by the
 // registry timeout.
-func (r *Resolver) fetch(callerCtx context.Context, t target, cands []keychain.Candidate, key string) *fetched {
+func (r *Resolver) fetch(callerCtx context.Context, t target, creds keychain.Candidates, key string) *fetched {
+	cands := creds.List
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(callerCtx), r.timeout)
 	defer cancel()
 	f := &fetched{steps: &steps{}}
@@ -505,6 +515,13 @@ func (r *Resolver) fetch(callerCtx context.Context, t target, cands []keychain.C
 			continue
 		}
 		break
+	}
+	if len(creds.Unavailable) > 0 && (errors.Is(last, ErrUnauthenticated) || errors.Is(last, ErrPermissionDenied) || errors.Is(last, ErrNotFound)) {
+		// Say why the registry saw no (or other) credentials; the texts
+		// name sources and AWS error codes only.
+		e := *last
+		e.Message += "; credentials could not be obtained: " + strings.Join(creds.Unavailable, "; ")
+		last = &e
 	}
 	f.steps.add("failed: %s", last.Message)
 	r.log.DebugContext(ctx, "image lookup failed", "image", t.ref.Name(), "error", last.Error())
