@@ -100,6 +100,11 @@ func Setup(ctx context.Context, opts Options) (*Telemetry, error) {
 		}
 		tpOpts = append(tpOpts, sdktrace.WithBatcher(exp))
 		t.Exporting.Traces = true
+	} else {
+		// Nothing would read the spans: keep trace and span IDs (logs and
+		// propagation still carry them) but record nothing, which saves
+		// every instrumented request the cost of building a span.
+		tpOpts = append(tpOpts, sdktrace.WithSampler(sdktrace.NeverSample()))
 	}
 	tp := sdktrace.NewTracerProvider(tpOpts...)
 	t.shutdown = append(t.shutdown, tp.Shutdown)

@@ -91,6 +91,9 @@ func TestNoExportWithoutEndpoint(t *testing.T) {
 			if !span.SpanContext().IsValid() {
 				t.Error("span context invalid without exporter")
 			}
+			if span.IsRecording() {
+				t.Error("spans are recorded although nothing exports them")
+			}
 		})
 	}
 }
