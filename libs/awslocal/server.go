@@ -15,6 +15,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/piggysec/piggy/libs/glob"
 )
 
 // Service names, as used in SigV4 credential scopes, in [Server.Calls] and in
@@ -364,7 +366,7 @@ func (s *Server) authorize(c credential, service, action string, names ...string
 	}
 	for _, p := range patterns {
 		for _, n := range names {
-			if n != "" && globMatch(p, n) {
+			if n != "" && glob.Match(p, n) {
 				return nil
 			}
 		}
@@ -372,37 +374,6 @@ func (s *Server) authorize(c credential, service, action string, names ...string
 	resource := names[len(names)-1]
 	return badRequest(codeAccessDenied, "User: %s is not authorized to perform: %s:%s on resource: %s because no identity-based policy allows the %s:%s action",
 		c.callerARN, service, action, resource, service, action)
-}
-
-// globMatch reports whether name matches pattern, where * matches any run of
-// characters (including "/") and ? one character, as in IAM policies.
-func globMatch(pattern, name string) bool {
-	// Iterative matcher with single-star backtracking: linear in practice and
-	// immune to pathological patterns.
-	p, n := 0, 0
-	star, mark := -1, 0
-	for n < len(name) {
-		switch {
-		// A star in the pattern is a wildcard even where the name holds a
-		// literal '*', so it is checked first.
-		case p < len(pattern) && pattern[p] == '*':
-			star, mark = p, n
-			p++
-		case p < len(pattern) && (pattern[p] == '?' || pattern[p] == name[n]):
-			p++
-			n++
-		case star >= 0:
-			p = star + 1
-			mark++
-			n = mark
-		default:
-			return false
-		}
-	}
-	for p < len(pattern) && pattern[p] == '*' {
-		p++
-	}
-	return p == len(pattern)
 }
 
 // randomString returns n characters drawn from alphabet using crypto/rand.

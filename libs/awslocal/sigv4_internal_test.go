@@ -13,6 +13,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/piggysec/piggy/libs/glob"
 )
 
 // TestVerifierMatchesSDKSigner cross-checks the verifier against requests
@@ -123,8 +125,8 @@ func TestGlobMatch(t *testing.T) {
 		{"*b", "*xb", true},
 	}
 	for _, tt := range tests {
-		if got := globMatch(tt.pattern, tt.name); got != tt.want {
-			t.Errorf("globMatch(%q, %q) = %v, want %v", tt.pattern, tt.name, got, tt.want)
+		if got := glob.Match(tt.pattern, tt.name); got != tt.want {
+			t.Errorf("glob.Match(%q, %q) = %v, want %v", tt.pattern, tt.name, got, tt.want)
 		}
 	}
 }

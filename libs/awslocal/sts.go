@@ -18,6 +18,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/piggysec/piggy/libs/glob"
 )
 
 // WebIdentity configures verification of web identity tokens, as an IAM
@@ -202,7 +204,7 @@ func (s *Server) assumeRoleWithWebIdentity(form url.Values, requestID string) (a
 		subjects, ok := s.trust[roleARN]
 		trusted := ok && len(subjects) == 0
 		for _, p := range subjects {
-			trusted = trusted || globMatch(p, claims.Subject)
+			trusted = trusted || glob.Match(p, claims.Subject)
 		}
 		if !trusted {
 			return nil, &apiError{status: http.StatusForbidden, code: codeAccessDeniedSTS, message: "Not authorized to perform sts:AssumeRoleWithWebIdentity"}

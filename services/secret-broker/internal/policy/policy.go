@@ -27,6 +27,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/piggysec/piggy/libs/glob"
 	"github.com/piggysec/piggy/libs/logging"
 )
 
@@ -124,7 +125,7 @@ func (r Rules) ByName(c Caller, kind Kind, name string) NameDecision {
 	}
 	for _, p := range patterns {
 		expanded := strings.NewReplacer(NamespacePlaceholder, c.Namespace, ServiceAccountPlaceholder, c.ServiceAccount).Replace(p)
-		if globMatch(expanded, name) {
+		if glob.Match(expanded, name) {
 			return NameDecision{Allowed: true, Reason: fmt.Sprintf("%s %q matches the broker policy %q", kind, name, p)}
 		}
 	}
@@ -228,31 +229,4 @@ func Select(requested []string, values map[string]logging.Secret, invalid map[st
 	}
 	slices.Sort(s.Missing)
 	return s, nil
-}
-
-// globMatch reports whether name matches pattern, where * matches any run
-// of characters (including "/") and ? one character, as in IAM policies.
-func globMatch(pattern, name string) bool {
-	p, n := 0, 0
-	star, mark := -1, 0
-	for n < len(name) {
-		switch {
-		case p < len(pattern) && pattern[p] == '*':
-			star, mark = p, n
-			p++
-		case p < len(pattern) && (pattern[p] == '?' || pattern[p] == name[n]):
-			p++
-			n++
-		case star >= 0:
-			p = star + 1
-			mark++
-			n = mark
-		default:
-			return false
-		}
-	}
-	for p < len(pattern) && pattern[p] == '*' {
-		p++
-	}
-	return p == len(pattern)
 }

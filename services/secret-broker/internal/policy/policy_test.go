@@ -7,6 +7,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/piggysec/piggy/libs/glob"
 	"github.com/piggysec/piggy/libs/logging"
 )
 
@@ -132,9 +133,9 @@ func FuzzGlobMatch(f *testing.F) {
 	f.Add("*a*b*c*", "aaabbbccc")
 	f.Add("?", "")
 	f.Fuzz(func(t *testing.T, pattern, name string) {
-		got := globMatch(pattern, name) // must end and not panic
+		got := glob.Match(pattern, name) // must end and not panic
 		if pattern == name && !strings.ContainsAny(pattern, "*?") && !got {
-			t.Errorf("globMatch(%q, %q) = false for a literal", pattern, name)
+			t.Errorf("glob.Match(%q, %q) = false for a literal", pattern, name)
 		}
 		if pattern == "*" && !got {
 			t.Errorf("* does not match %q", name)
