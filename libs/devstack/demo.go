@@ -73,6 +73,7 @@ func (s *Stack) Demo(ctx context.Context) (*DemoResult, error) {
 	if err != nil {
 		return nil, fmt.Errorf("create the demo pod: %w", err)
 	}
+	s.demoPod = pod.Name
 	s.step(t, "created pod %s/%s through the API", pod.Namespace, pod.Name)
 	s.summarize(pod)
 

@@ -97,6 +97,7 @@ type Stack struct {
 	AWSURL   string
 
 	resolver, broker, gateway *service
+	demoPod                   string // name of the last demo pod, for the printed commands
 	servers                   []*http.Server
 	serverDone                []chan struct{}
 }

@@ -8,6 +8,10 @@ import (
 
 // PrintUsage tells a person how to use the running stack.
 func (s *Stack) PrintUsage(w io.Writer, grpcurl string) {
+	demoPod := s.demoPod
+	if demoPod == "" {
+		demoPod = "<pod>"
+	}
 	certs := fmt.Sprintf("-cacert %s -cert %s -key %s", filepath.Join(s.CertDir, "ca.crt"), filepath.Join(s.CertDir, "client.crt"), filepath.Join(s.CertDir, "client.key"))
 	fmt.Fprintf(w, `
 Piggy is running. Press Ctrl-C to stop everything.
@@ -23,7 +27,7 @@ Piggy is running. Press Ctrl-C to stop everything.
     %[5]s %[6]s -d '{"namespace":"demo","podJson":"{\"metadata\":{\"name\":\"x\"},\"spec\":{\"serviceAccountName\":\"app\",\"containers\":[{\"name\":\"app\",\"image\":\"%[10]s\",\"env\":[{\"name\":\"A\",\"value\":\"piggy:A\"}]}]}}"}' %[7]s piggy.admissiongateway.v1.AdmissionGatewayService/ExplainPod
     %[5]s %[6]s -d '{"lookup":{"image":"%[10]s","namespace":"demo","serviceAccount":"app"}}' %[8]s piggy.imageresolver.v1.ImageResolverService/ExplainImage
     %[5]s %[6]s %[8]s piggy.imageresolver.v1.ImageResolverService/GetCacheStats
-    %[5]s %[6]s -d '{"namespace":"demo","podName":"<pod>","containerName":"app"}' %[9]s piggy.secretbroker.v1.SecretBrokerService/ExplainAccess
+    %[5]s %[6]s -d '{"namespace":"demo","podName":"%[13]s","containerName":"app"}' %[9]s piggy.secretbroker.v1.SecretBrokerService/ExplainAccess
     %[5]s %[6]s %[9]s piggy.secretbroker.v1.SecretBrokerService/GetCacheStats
 
   Your own pod: reference values as piggy:KEY. The demo namespace's service account "app" may
@@ -35,5 +39,5 @@ Piggy is running. Press Ctrl-C to stop everything.
   (No kubelet runs here: pods stay Pending. The demo above ran one locally through piggy-env.)
 `, s.Cluster.KubeconfigPath(), s.LogDir, s.gateway.addr("webhook"), s.BrokerURL(),
 		grpcurl, certs, s.gateway.addr("grpc"), s.resolver.addr("grpc"), s.broker.addr("grpc"),
-		s.DemoImage(), DemoSecretName, DemoSSMPath)
+		s.DemoImage(), DemoSecretName, DemoSSMPath, demoPod)
 }
