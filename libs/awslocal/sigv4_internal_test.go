@@ -13,8 +13,6 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
 	"github.com/google/go-cmp/cmp"
-
-	"github.com/piggysec/piggy/libs/glob"
 )
 
 // TestVerifierMatchesSDKSigner cross-checks the verifier against requests
@@ -100,33 +98,6 @@ func TestVerifierMatchesSDKSigner(t *testing.T) {
 					t.Errorf("verification (-want +got):\n%s", diff)
 				}
 			})
-		}
-	}
-}
-
-func TestGlobMatch(t *testing.T) {
-	tests := []struct {
-		pattern, name string
-		want          bool
-	}{
-		{"apps/*", "apps/db", true},
-		{"apps/*", "apps/db/nested", true},
-		{"apps/*", "apps", false},
-		{"apps/?b", "apps/db", true},
-		{"*", "", true},
-		{"", "", true},
-		{"", "x", false},
-		{"a*b*c", "aXbYbZc", true},
-		{"a*b*c", "aXbYbZ", false},
-		{"arn:aws:secretsmanager:*:*:secret:apps/*", "arn:aws:secretsmanager:us-east-1:123456789012:secret:apps/db-AbCdEf", true},
-		{"**x", "yyyx", true},
-		// A literal '*' in the name must not consume the pattern's star.
-		{"a*c", "a*bc", true},
-		{"*b", "*xb", true},
-	}
-	for _, tt := range tests {
-		if got := glob.Match(tt.pattern, tt.name); got != tt.want {
-			t.Errorf("glob.Match(%q, %q) = %v, want %v", tt.pattern, tt.name, got, tt.want)
 		}
 	}
 }

@@ -1,17 +1,14 @@
 package kubetest
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/pem"
 	"fmt"
-	"math/big"
-	"net"
 	"time"
+
+	"github.com/piggysec/piggy/libs/testca"
 )
 
 // pki is the key material of one cluster, PEM encoded.
@@ -27,51 +24,19 @@ type pki struct {
 // and the in-cluster names of the kubernetes Service, and an RSA service
 // account signing key.
 func newPKI() (*pki, error) {
-	now := time.Now()
-	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, fmt.Errorf("generate CA key: %w", err)
-	}
-	caTmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "kubetest-ca"},
-		NotBefore:             now.Add(-time.Hour),
-		NotAfter:              now.Add(7 * 24 * time.Hour),
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature | x509.KeyUsageCRLSign,
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-	}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
-	if err != nil {
-		return nil, fmt.Errorf("create CA certificate: %w", err)
-	}
-	caCert, err := x509.ParseCertificate(caDER)
+	ca, err := testca.New("kubetest-ca")
 	if err != nil {
 		return nil, err
 	}
-
-	servingKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, fmt.Errorf("generate serving key: %w", err)
-	}
-	servingTmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(2),
-		Subject:      pkix.Name{CommonName: "kube-apiserver"},
-		NotBefore:    now.Add(-time.Hour),
-		NotAfter:     now.Add(7 * 24 * time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		DNSNames: []string{
+	serving, err := ca.Issue(testca.Request{
+		CommonName: "kube-apiserver",
+		Hosts: []string{
 			"localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
-			"kubernetes.default.svc.cluster.local",
+			"kubernetes.default.svc.cluster.local", "127.0.0.1", "::1", "10.96.0.1",
 		},
-		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback, net.IPv4(10, 96, 0, 1)},
-	}
-	servingDER, err := x509.CreateCertificate(rand.Reader, servingTmpl, caCert, &servingKey.PublicKey, caKey)
-	if err != nil {
-		return nil, fmt.Errorf("create serving certificate: %w", err)
-	}
-	servingKeyDER, err := x509.MarshalPKCS8PrivateKey(servingKey)
+		Usage:    testca.Server,
+		Validity: 7 * 24 * time.Hour,
+	})
 	if err != nil {
 		return nil, err
 	}
@@ -85,9 +50,9 @@ func newPKI() (*pki, error) {
 		return nil, err
 	}
 	return &pki{
-		caCert:      pemBlock("CERTIFICATE", caDER),
-		servingCert: pemBlock("CERTIFICATE", servingDER),
-		servingKey:  pemBlock("PRIVATE KEY", servingKeyDER),
+		caCert:      ca.CertPEM,
+		servingCert: serving.CertPEM,
+		servingKey:  serving.KeyPEM,
 		saKey:       pemBlock("RSA PRIVATE KEY", x509.MarshalPKCS1PrivateKey(saKey)),
 		saPub:       pemBlock("PUBLIC KEY", saPubDER),
 	}, nil
