@@ -13,6 +13,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/http/pprof"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -41,6 +42,10 @@ type Settings struct {
 	MetricsAddress string
 	// ShutdownGrace bounds the graceful shutdown after SIGTERM.
 	ShutdownGrace time.Duration
+	// Profiling serves the Go runtime profiles (net/http/pprof) under
+	// /debug/pprof/ on the metrics address. Off by default: profiles show
+	// code paths and timings, not data, but they are for operators only.
+	Profiling bool
 }
 
 // Register adds the settings' flags to fs with their defaults.
@@ -53,6 +58,7 @@ func (s *Settings) Register(fs *flag.FlagSet) {
 	fs.DurationVar(&s.TLSReloadInterval, "tls-reload-interval", 10*time.Second, "how often TLS files are re-read to pick up rotated certificates")
 	fs.StringVar(&s.MetricsAddress, "metrics-address", ":9090", "plain HTTP address for /metrics, /healthz and /readyz; empty disables")
 	fs.DurationVar(&s.ShutdownGrace, "shutdown-grace", 4*time.Second, "how long in-flight requests may finish after SIGTERM")
+	fs.BoolVar(&s.Profiling, "profiling", false, "serve Go runtime profiles (pprof) under /debug/pprof/ on the metrics address")
 }
 
 // Validate reports missing or inconsistent settings.
@@ -75,6 +81,9 @@ func (s *Settings) Validate() error {
 	}
 	if s.ShutdownGrace <= 0 {
 		errs = append(errs, errors.New("--shutdown-grace must be positive"))
+	}
+	if s.Profiling && s.MetricsAddress == "" {
+		errs = append(errs, errors.New("--profiling needs --metrics-address"))
 	}
 	return errors.Join(errs...)
 }
@@ -174,13 +183,20 @@ func (d *Daemon) ServeHTTPS(name, addr string, handler http.Handler) error {
 }
 
 // ServeMetrics serves /metrics, /healthz and /readyz on the metrics
-// address, when one is set.
+// address, when one is set, and /debug/pprof/ with --profiling.
 func (d *Daemon) ServeMetrics() error {
 	if d.settings.MetricsAddress == "" {
 		return nil
 	}
 	mux := serve.Probes(d.Ready)
 	mux.Handle("GET /metrics", d.Telemetry.MetricsHandler)
+	if d.settings.Profiling {
+		mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+		mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
+	}
 	ln, err := serve.Listen(d.ctx, "metrics", d.settings.MetricsAddress)
 	if err != nil {
 		return err

@@ -80,7 +80,8 @@ func (s Service) LoopbackArgs() []string {
 
 // TestLifecycle builds the service, starts it with test certificates,
 // checks gRPC health (mTLS) on every gRPC port, /healthz and /readyz on
-// every HTTPS port and on the metrics port, /metrics, and that SIGTERM ends
+// every HTTPS port and on the metrics port, /metrics, the profiles of
+// --profiling, and that SIGTERM ends
 // it with exit code 0 within 5 seconds. It then checks that bad
 // configuration exits non-zero with a one-line message.
 func TestLifecycle(t *testing.T, s Service) {
@@ -89,7 +90,7 @@ func TestLifecycle(t *testing.T, s Service) {
 
 	t.Run("starts healthy and stops on SIGTERM", func(t *testing.T) {
 		pki := NewPKI(t)
-		args := append(append(s.LoopbackArgs(), pki.TLSArgs()...), s.Args...)
+		args := append(append(append(s.LoopbackArgs(), pki.TLSArgs()...), s.Args...), "--profiling")
 		p := Start(t, bin, args, nil)
 		names := []string{"metrics"}
 		for n := range s.GRPC {
@@ -109,7 +110,7 @@ func TestLifecycle(t *testing.T, s Service) {
 				}
 			}
 		}
-		for _, path := range []string{"/healthz", "/readyz", "/metrics"} {
+		for _, path := range []string{"/healthz", "/readyz", "/metrics", "/debug/pprof/cmdline"} {
 			if code, _ := Get(t, "http://"+addrs["metrics"]+path, nil); code != http.StatusOK {
 				t.Errorf("metrics %s = %d, want 200", path, code)
 			}
@@ -145,6 +146,7 @@ func TestLifecycle(t *testing.T, s Service) {
 			{"bad address", append(append(append([]string{}, good...), pki.TLSArgs()...), "--"+someFlag+"=nonsense"), nil, 1, `listen on "nonsense"`},
 			{"unparsable env value", append(append([]string{}, good...), pki.TLSArgs()...), []string{"DEBUG=maybe"}, 2, `invalid value "maybe" for DEBUG`},
 			{"unknown flag", []string{"--no-such-flag"}, nil, 2, "no-such-flag"},
+			{"profiling without metrics", append(append(append([]string{}, good...), pki.TLSArgs()...), "--profiling", "--metrics-address="), nil, 2, "--profiling needs --metrics-address"},
 		}
 		for _, tt := range tests {
 			t.Run(tt.name, func(t *testing.T) {

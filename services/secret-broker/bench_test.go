@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -47,8 +48,8 @@ func BenchmarkGateway(b *testing.B) {
 	results := map[string]loadResult{}
 	httpLoad := func(name string, newReq func() *http.Request) {
 		b.Run(name, func(b *testing.B) {
-			results[name] = runLoad(b, func() func() error {
-				client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}}}
+			results[name] = runLoad(b, w.proc.CPUTime, func() func() error {
+				client := &http.Client{Transport: &http.Transport{ForceAttemptHTTP2: true, TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}}}
 				return func() error {
 					resp, err := client.Do(newReq())
 					if err != nil {
@@ -75,7 +76,7 @@ func BenchmarkGateway(b *testing.B) {
 		return r
 	})
 	b.Run("GetSecrets-grpc", func(b *testing.B) {
-		results["GetSecrets-grpc"] = runLoad(b, func() func() error {
+		results["GetSecrets-grpc"] = runLoad(b, w.proc.CPUTime, func() func() error {
 			client := w.grpcClient(b, w.client.ClientConfig("127.0.0.1"))
 			ctx := metadata.NewOutgoingContext(b.Context(), metadata.Pairs("authorization", "Bearer "+token))
 			req := &secretbrokerv1.GetSecretsRequest{ContainerUid: ctr.uid, Signature: ctr.signature, Keys: []string{"db", "api"}}
@@ -86,8 +87,9 @@ func BenchmarkGateway(b *testing.B) {
 		})
 	})
 	if t, g := results["trivial-healthz"], results["GetSecrets-https"]; t.rps > 0 && g.rps > 0 {
-		b.Logf("GetSecrets over HTTPS vs trivial handler: %.0f%% of its req/s, p99 %.2fx its p99 (trivial %.0f req/s p50 %s p99 %s; GetSecrets %.0f req/s p50 %s p99 %s)",
-			100*g.rps/t.rps, float64(g.p99)/float64(t.p99), t.rps, t.p50, t.p99, g.rps, g.p50, g.p99)
+		b.Logf("GetSecrets over HTTPS vs trivial handler: %.0f%% of its req/s, p99 %.2fx its p99, cpu/req %.2fx (trivial %.0f req/s p50 %s p99 %s cpu/req %s+%s; GetSecrets %.0f req/s p50 %s p99 %s cpu/req %s+%s)",
+			100*g.rps/t.rps, float64(g.p99)/float64(t.p99), float64(g.serverCPU+g.clientCPU)/float64(t.serverCPU+t.clientCPU),
+			t.rps, t.p50, t.p99, t.serverCPU, t.clientCPU, g.rps, g.p50, g.p99, g.serverCPU, g.clientCPU)
 	}
 }
 
@@ -98,12 +100,17 @@ func (e *statusError) Error() string { return http.StatusText(e.code) }
 type loadResult struct {
 	rps      float64
 	p50, p99 time.Duration
+	// serverCPU and clientCPU are the processor time per request of the
+	// server process and of this (client) process.
+	serverCPU, clientCPU time.Duration
 }
 
 // runLoad sends b.N requests from benchConnections workers, each with its
 // own connection (newWorker is called once per worker and makes one warm-up
-// request before the timer starts), and reports req/s, p50 and p99.
-func runLoad(b *testing.B, newWorker func() func() error) loadResult {
+// request before the timer starts), and reports req/s, p50 and p99, and the
+// processor time per request of the server (serverCPU) and of this client
+// process: on a shared machine, those hold steadier than req/s.
+func runLoad(b *testing.B, serverCPU func() (time.Duration, error), newWorker func() func() error) loadResult {
 	b.Helper()
 	workers := make([]func() error, benchConnections)
 	for i := range workers {
@@ -116,6 +123,7 @@ func runLoad(b *testing.B, newWorker func() func() error) loadResult {
 	var next atomic.Int64
 	var wg sync.WaitGroup
 	var failed atomic.Value
+	server0, client0 := cpuTimes(b, serverCPU)
 	b.ResetTimer()
 	start := time.Now()
 	for _, do := range workers {
@@ -137,15 +145,35 @@ func runLoad(b *testing.B, newWorker func() func() error) loadResult {
 	wg.Wait()
 	elapsed := time.Since(start)
 	b.StopTimer()
+	server1, client1 := cpuTimes(b, serverCPU)
 	if err, _ := failed.Load().(error); err != nil {
 		b.Fatal(err)
 	}
 	slices.Sort(lat)
-	r := loadResult{rps: float64(b.N) / elapsed.Seconds(), p50: lat[b.N/2], p99: lat[b.N*99/100]}
+	r := loadResult{
+		rps: float64(b.N) / elapsed.Seconds(), p50: lat[b.N/2], p99: lat[b.N*99/100],
+		serverCPU: (server1 - server0) / time.Duration(b.N), clientCPU: (client1 - client0) / time.Duration(b.N),
+	}
 	b.ReportMetric(r.rps, "req/s")
 	b.ReportMetric(float64(r.p50.Microseconds()), "p50-µs")
 	b.ReportMetric(float64(r.p99.Microseconds()), "p99-µs")
+	b.ReportMetric(float64(r.serverCPU.Nanoseconds())/1e3, "server-cpu-µs/req")
+	b.ReportMetric(float64(r.clientCPU.Nanoseconds())/1e3, "client-cpu-µs/req")
 	return r
+}
+
+// cpuTimes reads the server's and this process's processor time.
+func cpuTimes(b *testing.B, serverCPU func() (time.Duration, error)) (server, client time.Duration) {
+	b.Helper()
+	server, err := serverCPU()
+	if err != nil {
+		b.Fatal(err)
+	}
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return server, time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // benchEnv passes BENCH_BROKER_ENV (space-separated NAME=value pairs, for
