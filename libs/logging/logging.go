@@ -55,10 +55,26 @@ func replaceAttr(groups []string, a slog.Attr) slog.Attr {
 		a.Key = "message"
 	case slog.LevelKey:
 		if l, ok := a.Value.Any().(slog.Level); ok {
-			a.Value = slog.StringValue(strings.ToLower(l.String()))
+			a.Value = slog.StringValue(levelName(l))
 		}
 	}
 	return a
+}
+
+// levelName is the lower-case name of l, without allocating for the four
+// standard levels (every record has one).
+func levelName(l slog.Level) string {
+	switch l {
+	case slog.LevelDebug:
+		return "debug"
+	case slog.LevelInfo:
+		return "info"
+	case slog.LevelWarn:
+		return "warn"
+	case slog.LevelError:
+		return "error"
+	}
+	return strings.ToLower(l.String())
 }
 
 // traceHandler adds the active span's trace and span IDs to records.

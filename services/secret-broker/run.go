@@ -25,6 +25,9 @@ import (
 	"github.com/piggysec/piggy/services/secret-broker/internal/podcheck"
 )
 
+// streamWorkersPerProc sizes the gRPC stream worker pool per processor.
+const streamWorkersPerProc = 16
+
 // instrumentationName names the broker's tracer and meter.
 const instrumentationName = "github.com/piggysec/piggy/services/secret-broker"
 
@@ -106,9 +109,15 @@ func wire(d *daemon.Daemon, cfg config.Config) error {
 		return err
 	}
 
-	// A small pool of stream workers reuses goroutines (and their grown
-	// stacks) across requests instead of starting one per RPC.
-	grpcServer, health, err := d.NewGRPCServer(grpc.NumStreamWorkers(uint32(runtime.GOMAXPROCS(0))))
+	// A pool of stream workers reuses goroutines (and their grown stacks)
+	// across requests instead of starting one per RPC; grpc-go starts a
+	// goroutine anyway when every worker is busy, so the pool is sized for
+	// the requests in flight at once, not for the processors.
+	grpcServer, health, err := d.NewGRPCServer(
+		grpc.NumStreamWorkers(uint32(streamWorkersPerProc*runtime.GOMAXPROCS(0))),
+		// Fixed windows turn off grpc-go's bandwidth estimation, whose pings
+		// are overhead for the broker's small messages.
+		grpc.InitialWindowSize(1<<20), grpc.InitialConnWindowSize(1<<20))
 	if err != nil {
 		return err
 	}

@@ -138,18 +138,26 @@ func (a *Authenticator) Authenticate(ctx context.Context, token string) (Identit
 	if len(token) > maxTokenBytes {
 		return Identity{}, cache.Miss, fault.New(fault.Unauthenticated, "token_invalid", "the bearer token is too long")
 	}
-	if err := a.precheck(token); err != nil {
-		return Identity{}, cache.Miss, err
-	}
 	sum := sha256.Sum256([]byte(token))
-	id, res, err := a.cache.Get(ctx, string(sum[:]), func(ctx context.Context) (Identity, time.Duration, error) {
-		return a.review(ctx, token)
-	})
-	if err != nil {
-		if ctx.Err() != nil {
-			return Identity{}, res, fault.Wrap(ctx.Err(), fault.Unavailable, "canceled", "the token review did not finish in time")
+	key := string(sum[:])
+	// A cached review needs no precheck: it expires no later than its
+	// token and was made for the same audience.
+	id, cached := a.cache.Cached(key)
+	res := cache.Hit
+	if !cached {
+		if err := a.precheck(token); err != nil {
+			return Identity{}, cache.Miss, err
 		}
-		return Identity{}, res, err
+		var err error
+		id, res, err = a.cache.Get(ctx, key, func(ctx context.Context) (Identity, time.Duration, error) {
+			return a.review(ctx, token)
+		})
+		if err != nil {
+			if ctx.Err() != nil {
+				return Identity{}, res, fault.Wrap(ctx.Err(), fault.Unavailable, "canceled", "the token review did not finish in time")
+			}
+			return Identity{}, res, err
+		}
 	}
 	if !id.Bound() && !a.opts.AllowUnbound {
 		return Identity{}, res, fault.New(fault.Unauthenticated, "token_unbound",

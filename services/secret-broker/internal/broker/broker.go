@@ -8,7 +8,6 @@ package broker
 
 import (
 	"context"
-	"fmt"
 	"log/slog"
 	"time"
 
@@ -268,38 +267,41 @@ func (b *Broker) finish(ctx context.Context, start time.Time, c *caller, keys in
 	if pod == "" {
 		pod = "<unknown>"
 	}
-	attrs := []any{
-		"namespace", c.id.Namespace,
-		"pod_name", c.id.PodName,
-		"service_account", c.id.ServiceAccount,
-		"secret_name", c.source,
-	}
+	attrs := make([]slog.Attr, 0, 12)
+	attrs = append(attrs,
+		slog.String("namespace", c.id.Namespace),
+		slog.String("pod_name", c.id.PodName),
+		slog.String("service_account", c.id.ServiceAccount),
+		slog.String("secret_name", c.source))
 	if c.container != "" {
-		attrs = append(attrs, "container", c.container)
+		attrs = append(attrs, slog.String("container", c.container))
 	}
-	attrs = append(attrs, "keys", keys, "took", took.String())
+	attrs = append(attrs, slog.Int("keys", keys), slog.String("took", took.String()))
 	if c.cacheRes != "" {
-		attrs = append(attrs, "cache", c.cacheRes)
+		attrs = append(attrs, slog.String("cache", c.cacheRes))
 	}
 	outcome, reason := "success", "ok"
 	span := trace.SpanFromContext(ctx)
-	span.SetAttributes(
-		attribute.String("k8s.namespace.name", c.id.Namespace),
-		attribute.String("k8s.pod.name", c.id.PodName),
-		attribute.String("k8s.serviceaccount.name", c.id.ServiceAccount),
-		attribute.String("piggy.secret.name", c.source))
+	if span.IsRecording() {
+		span.SetAttributes(
+			attribute.String("k8s.namespace.name", c.id.Namespace),
+			attribute.String("k8s.pod.name", c.id.PodName),
+			attribute.String("k8s.serviceaccount.name", c.id.ServiceAccount),
+			attribute.String("piggy.secret.name", c.source))
+	}
+	who := "Request from [sa=" + sa + "], [pod=" + pod + "]"
 	if err != nil {
 		fe := fault.As(err)
 		outcome, reason = "failure", fe.Reason
-		attrs = append(attrs, "reason", reason, "code", fe.Kind.String(), "error", fe.Error())
+		attrs = append(attrs, slog.String("reason", reason), slog.String("code", fe.Kind.String()), slog.String("error", fe.Error()))
 		span.SetAttributes(attribute.String("piggy.failure.reason", reason))
 		level := slog.LevelWarn
 		if fe.Kind == fault.Internal {
 			level = slog.LevelError
 		}
-		b.opts.Log.Log(ctx, level, fmt.Sprintf("Request from [sa=%s], [pod=%s] failed", sa, pod), attrs...)
+		b.opts.Log.LogAttrs(ctx, level, who+" failed", attrs...)
 	} else {
-		b.opts.Log.InfoContext(ctx, fmt.Sprintf("Request from [sa=%s], [pod=%s] was successful", sa, pod), attrs...)
+		b.opts.Log.LogAttrs(ctx, slog.LevelInfo, who+" was successful", attrs...)
 	}
 	if b.requests != nil {
 		if err == nil {

@@ -165,6 +165,17 @@ func (c *Cache[V]) Get(ctx context.Context, key string, load Loader[V]) (V, Resu
 	return res.Val.(V), result, nil
 }
 
+// Cached returns the live entry of key without loading it, counting a hit
+// when there is one (a lookup that finds nothing is counted by the Get that
+// follows it).
+func (c *Cache[V]) Cached(key string) (V, bool) {
+	v, ok := c.live(key, c.opts.Now())
+	if ok {
+		c.hits.Add(1)
+	}
+	return v, ok
+}
+
 // live returns a live entry, removing it when it is past every use.
 func (c *Cache[V]) live(key string, now time.Time) (V, bool) {
 	c.mu.Lock()

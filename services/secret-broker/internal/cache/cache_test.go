@@ -64,6 +64,32 @@ func TestHitMissExpiry(t *testing.T) {
 	}
 }
 
+func TestCachedNeverLoads(t *testing.T) {
+	clk := &clock{t: time.Unix(1000, 0)}
+	c := newCache(clk, 10, time.Minute, 0)
+	if v, ok := c.Cached("k"); ok {
+		t.Fatalf("Cached on an empty cache = %q, true", v)
+	}
+	var calls atomic.Int64
+	if _, _, err := c.Get(t.Context(), "k", loader(&calls, "v", 0, nil)); err != nil {
+		t.Fatal(err)
+	}
+	if v, ok := c.Cached("k"); !ok || v != "v" {
+		t.Fatalf("Cached = %q, %v; want v, true", v, ok)
+	}
+	clk.advance(time.Minute)
+	if v, ok := c.Cached("k"); ok {
+		t.Fatalf("Cached after expiry = %q, true", v)
+	}
+	want := Stats{Capacity: 10, Hits: 1, Misses: 1, TTL: time.Minute}
+	if diff := cmp.Diff(want, c.Stats()); diff != "" {
+		t.Errorf("stats (-want +got):\n%s", diff)
+	}
+	if calls.Load() != 1 {
+		t.Errorf("loads = %d, want 1", calls.Load())
+	}
+}
+
 func TestLoaderTTL(t *testing.T) {
 	tests := []struct {
 		name      string

@@ -14,6 +14,10 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -31,9 +35,12 @@ import (
 // fakeBroker answers by token: "ok" succeeds, "<kind>" fails with that kind.
 type fakeBroker struct {
 	got chan broker.Request
+	// traces receives the trace ID of each request's context.
+	traces chan trace.TraceID
 }
 
-func (f *fakeBroker) GetSecrets(_ context.Context, r broker.Request) (broker.Response, error) {
+func (f *fakeBroker) GetSecrets(ctx context.Context, r broker.Request) (broker.Response, error) {
+	f.traces <- trace.SpanContextFromContext(ctx).TraceID()
 	f.got <- r
 	kinds := map[string]fault.Kind{
 		"invalid": fault.InvalidArgument, "precondition": fault.FailedPrecondition, "": fault.Unauthenticated,
@@ -74,7 +81,7 @@ func start(t *testing.T) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fb := &fakeBroker{got: make(chan broker.Request, 10)}
+	fb := &fakeBroker{got: make(chan broker.Request, 10), traces: make(chan trace.TraceID, 10)}
 	gs, health, err := serve.NewGRPCServer(serve.GRPCOptions{TLS: src.ServerConfig(true), Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
@@ -98,7 +105,8 @@ func start(t *testing.T) *env {
 	if err := Register(t.Context(), mux, conn); err != nil {
 		t.Fatal(err)
 	}
-	hs := httptest.NewTLSServer(mux)
+	// The trace middleware of serve.NewHTTPServer, which run.go uses.
+	hs := httptest.NewTLSServer(otelhttp.NewHandler(mux, "gateway"))
 	t.Cleanup(hs.Close)
 	return &env{url: hs.URL, client: hs.Client(), fb: fb, grpcAddr: ln.Addr().String(), dir: dir}
 }
@@ -138,6 +146,30 @@ func TestGatewayJSON(t *testing.T) {
 	}
 	if diff := cmp.Diff(broker.Request{Token: "ok", ContainerUID: "u1", Signature: "s1", Keys: []string{"db", "x"}}, <-e.fb.got); diff != "" {
 		t.Errorf("broker request (-want +got):\n%s", diff)
+	}
+}
+
+func TestGatewayPassesTheTraceOn(t *testing.T) {
+	// What telemetry.Setup installs.
+	prev := otel.GetTextMapPropagator()
+	otel.SetTextMapPropagator(propagation.TraceContext{})
+	t.Cleanup(func() { otel.SetTextMapPropagator(prev) })
+
+	e := start(t)
+	const traceID = "4bf92f3577b34da6a3ce929d0e0e4736"
+	req, err := http.NewRequestWithContext(t.Context(), http.MethodPost, e.url+"/v1/secrets", strings.NewReader(`{"keys":["db"]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Traceparent", "00-"+traceID+"-00f067aa0ba902b7-01")
+	resp, err := e.client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	<-e.fb.got
+	if got := (<-e.fb.traces).String(); got != traceID {
+		t.Errorf("trace ID in the broker = %s, want the caller's %s", got, traceID)
 	}
 }
 

@@ -13,6 +13,7 @@ package podcheck
 import (
 	"context"
 	"fmt"
+	"sync"
 
 	corev1 "k8s.io/api/core/v1"
 
@@ -59,11 +60,61 @@ type Result struct {
 type Checker struct {
 	pods     PodSource
 	defaults podsettings.Defaults
+	parsed   parsedCache
 }
 
 // New returns a Checker reading pods from pods and settings with defaults.
 func New(pods PodSource, defaults podsettings.Defaults) *Checker {
-	return &Checker{pods: pods, defaults: defaults}
+	return &Checker{pods: pods, defaults: defaults, parsed: parsedCache{m: map[podVersion]*parsedPod{}}}
+}
+
+// parsedPod is what Check reads from a pod's annotations.
+type parsedPod struct {
+	settings podsettings.Result
+	ids      podidentity.Identities
+	idsErr   error
+}
+
+// podVersion names one version of one pod: the API server gives every
+// change of a pod a new resourceVersion, so the annotations of a
+// podVersion never change.
+type podVersion struct{ uid, resourceVersion string }
+
+// maxParsedPods bounds parsedCache; it is emptied when full.
+const maxParsedPods = 8192
+
+// parsedCache keeps the parsed annotations of pod versions, so the pods
+// that call again and again (every container start of a rollout) are not
+// parsed again. It only saves work: the result is the same as parsing.
+type parsedCache struct {
+	mu sync.Mutex
+	m  map[podVersion]*parsedPod
+}
+
+// parse returns the parsed annotations of pod, from the cache when this
+// version of the pod was parsed before.
+func (c *Checker) parse(pod *corev1.Pod) *parsedPod {
+	key := podVersion{string(pod.UID), pod.ResourceVersion}
+	cacheable := key.uid != "" && key.resourceVersion != ""
+	if cacheable {
+		c.parsed.mu.Lock()
+		p, ok := c.parsed.m[key]
+		c.parsed.mu.Unlock()
+		if ok {
+			return p
+		}
+	}
+	p := &parsedPod{settings: podsettings.Read(pod.Annotations, c.defaults)}
+	p.ids, p.idsErr = podidentity.Parse(pod.Annotations[podidentity.AnnotationKey])
+	if cacheable {
+		c.parsed.mu.Lock()
+		if len(c.parsed.m) >= maxParsedPods {
+			clear(c.parsed.m)
+		}
+		c.parsed.m[key] = p
+		c.parsed.mu.Unlock()
+	}
+	return p
 }
 
 // Check finds the caller's pod and verifies the container identity.
@@ -80,9 +131,10 @@ func (c *Checker) Check(ctx context.Context, id authn.Identity, ctr Container) (
 		return Result{}, fault.New(fault.PermissionDenied, "pod_mismatch",
 			"pod %s/%s runs as service account %q, not %q of the token", pod.Namespace, pod.Name, sa, id.ServiceAccount)
 	}
-	read := podsettings.Read(pod.Annotations, c.defaults)
+	parsed := c.parse(pod)
+	read := parsed.settings
 	res := Result{Pod: pod, Settings: read.Settings, Warnings: read.Warnings}
-	if err := c.checkContainer(pod, read.Settings.EnforceIntegrity, ctr, &res); err != nil {
+	if err := checkContainer(pod, parsed, read.Settings.EnforceIntegrity, ctr, &res); err != nil {
 		return Result{}, err
 	}
 	if read.Denied != "" {
@@ -93,8 +145,8 @@ func (c *Checker) Check(ctx context.Context, id authn.Identity, ctr Container) (
 
 // checkContainer matches the container identity against the pod's
 // piggy-uid annotation and sets res.ContainerName.
-func (c *Checker) checkContainer(pod *corev1.Pod, enforce bool, ctr Container, res *Result) error {
-	ids, err := podidentity.Parse(pod.Annotations[podidentity.AnnotationKey])
+func checkContainer(pod *corev1.Pod, parsed *parsedPod, enforce bool, ctr Container, res *Result) error {
+	ids, err := parsed.ids, parsed.idsErr
 	if err != nil {
 		if enforce {
 			return fault.Wrap(err, fault.PermissionDenied, "identity_unreadable",

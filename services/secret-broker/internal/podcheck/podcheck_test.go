@@ -153,3 +153,43 @@ func TestSettingsFromAnnotationsAndDefaults(t *testing.T) {
 		t.Errorf("settings = %+v", s)
 	}
 }
+
+// BenchmarkCheck is the per-request cost of verifying a caller against a
+// pod already in hand (informer cache).
+func BenchmarkCheck(b *testing.B) {
+	ann := with(identities(), "piggysec.com/aws-secret-name", "team-a/web", "piggysec.com/aws-region", "eu-west-1")
+	p := pod("web-1", "pod-uid-1", "web", ann)
+	p.ResourceVersion = "7"
+	c := New(fakePods{p}, podsettings.Defaults{})
+	id := authn.Identity{Namespace: "team-a", ServiceAccount: "web", PodName: "web-1", PodUID: "pod-uid-1"}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := c.Check(b.Context(), id, Container{uidApp, sigApp}); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func TestANewVersionOfThePodIsReadAgain(t *testing.T) {
+	id := authn.Identity{Namespace: "team-a", ServiceAccount: "web", PodName: "web-1", PodUID: "pod-uid-1"}
+	v1 := pod("web-1", "pod-uid-1", "web", identities())
+	v1.ResourceVersion = "10"
+	pods := fakePods{v1}
+	c := New(&pods, podsettings.Defaults{})
+	for range 2 { // parsed, then from the cache
+		if _, err := c.Check(t.Context(), id, Container{uidApp, sigApp}); err != nil {
+			t.Fatalf("version 10: %v", err)
+		}
+	}
+	// The same pod, updated: the app container now runs another command.
+	other := podidentity.Signature([]string{"/app", "migrate"})
+	v2 := pod("web-1", "pod-uid-1", "web", map[string]string{podidentity.AnnotationKey: podidentity.Identities{"app": {UID: uidApp, Signature: other}}.Format()})
+	v2.ResourceVersion = "11"
+	pods[0] = v2
+	if _, err := c.Check(t.Context(), id, Container{uidApp, sigApp}); fault.As(err).Reason != "signature_mismatch" {
+		t.Errorf("old signature against version 11 = %v, want signature_mismatch", err)
+	}
+	if _, err := c.Check(t.Context(), id, Container{uidApp, other}); err != nil {
+		t.Errorf("new signature against version 11: %v", err)
+	}
+}
