@@ -7,8 +7,10 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"runtime"
 
 	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
+	"google.golang.org/grpc"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -67,7 +69,8 @@ func run(ctx context.Context, args []string, lookup flagenv.Lookup) error {
 	if err != nil {
 		return d.Abort(err)
 	}
-	grpcServer, health, err := d.NewGRPCServer()
+	grpcServer, health, err := d.NewGRPCServer(grpc.NumStreamWorkers(streamWorkers()),
+		grpc.InitialWindowSize(windowSize), grpc.InitialConnWindowSize(windowSize))
 	if err != nil {
 		return d.Abort(err)
 	}
@@ -80,6 +83,21 @@ func run(ctx context.Context, args []string, lookup flagenv.Lookup) error {
 		return d.Abort(err)
 	}
 	return d.Wait()
+}
+
+// windowSize is the HTTP/2 flow-control window of each connection and
+// stream. Lookups are a few hundred bytes each way; a fixed window this size
+// never stalls them, and setting one turns off gRPC's bandwidth estimation,
+// which otherwise sends a ping (and the client an acknowledgement) for most
+// calls.
+const windowSize = 1 << 20
+
+// streamWorkers is the number of goroutines serving RPCs. Without workers
+// gRPC starts a goroutine per RPC whose stack then grows to what a lookup
+// needs, which costs more than a warm lookup itself; RPCs beyond the
+// workers still get a goroutine of their own.
+func streamWorkers() uint32 {
+	return uint32(max(16, 4*runtime.GOMAXPROCS(0)))
 }
 
 // kubeClient returns the Kubernetes reads the keychain needs, or nil when
