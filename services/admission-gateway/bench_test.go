@@ -19,8 +19,6 @@ import (
 	"time"
 
 	"go.opentelemetry.io/otel/metric/noop"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
 	admissionv1 "k8s.io/api/admission/v1"
 
 	imageresolverv1 "github.com/piggysec/piggy/libs/gen/piggy/imageresolver/v1"
@@ -53,7 +51,7 @@ func BenchmarkReviewHTTPS(b *testing.B) {
 	resolverAddr := addrs["grpc"]
 	b.Logf("image-resolver metrics (and pprof with BENCH_RESOLVER_ENV=PROFILING=true): http://%s", addrs["metrics"])
 
-	conn, err := grpc.NewClient(resolverAddr, grpc.WithTransportCredentials(credentials.NewTLS(pki.Client.ClientConfig("127.0.0.1"))))
+	conn, err := resolverclient.Dial(resolverAddr, pki.Client.ClientConfig("127.0.0.1"))
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -6,9 +6,6 @@ import (
 	"net"
 	"os"
 
-	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -44,9 +41,7 @@ func run(ctx context.Context, args []string, lookup flagenv.Lookup) error {
 	var resolver mutate.ImageConfigResolver = unconfiguredResolver{}
 	if cfg.ImageResolverAddress != "" {
 		host, _, _ := net.SplitHostPort(cfg.ImageResolverAddress)
-		conn, err := grpc.NewClient(cfg.ImageResolverAddress,
-			grpc.WithTransportCredentials(credentials.NewTLS(d.TLS.ClientConfig(host))),
-			grpc.WithStatsHandler(otelgrpc.NewClientHandler()))
+		conn, err := resolverclient.Dial(cfg.ImageResolverAddress, d.TLS.ClientConfig(host))
 		if err != nil {
 			return d.Abort(fmt.Errorf("image-resolver client: %w", err))
 		}

@@ -358,19 +358,28 @@ func (m *Mutator) resolveCommands(ctx context.Context, pod *corev1.Pod, namespac
 
 	results := make([]ImageConfig, len(lookups))
 	errs := make([]error, len(lookups))
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(4)
-	for i, t := range lookups {
-		g.Go(func() error {
-			lctx, cancel := context.WithTimeout(gctx, m.cfg.ResolveTimeout)
-			defer cancel()
-			l := base
-			l.Image = t.container.Image
-			results[i], errs[i] = m.resolver.Resolve(lctx, l)
-			return nil
-		})
+	resolve := func(ctx context.Context, i int) {
+		ctx, cancel := context.WithTimeout(ctx, m.cfg.ResolveTimeout)
+		defer cancel()
+		l := base
+		l.Image = lookups[i].container.Image
+		results[i], errs[i] = m.resolver.Resolve(ctx, l)
 	}
-	_ = g.Wait()
+	if len(lookups) == 1 {
+		// The common case needs no goroutine (whose stack would grow to
+		// what a gRPC call needs, for every review).
+		resolve(ctx, 0)
+	} else {
+		g, gctx := errgroup.WithContext(ctx)
+		g.SetLimit(4)
+		for i := range lookups {
+			g.Go(func() error {
+				resolve(gctx, i)
+				return nil
+			})
+		}
+		_ = g.Wait()
+	}
 	for i, t := range lookups {
 		if errs[i] != nil {
 			msg := fmt.Sprintf("piggy: container %q has no command and the command of image %q could not be read: %v; set the container's command explicitly",

@@ -4,14 +4,36 @@ package resolverclient
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 
+	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
 
 	imageresolverv1 "github.com/piggysec/piggy/libs/gen/piggy/imageresolver/v1"
 	"github.com/piggysec/piggy/services/admission-gateway/internal/mutate"
 )
+
+// windowSize is the HTTP/2 flow-control window of the connection and of each
+// stream. Lookups are a few hundred bytes each way; a fixed window this size
+// never stalls them, and setting one turns off gRPC's bandwidth estimation,
+// which otherwise sends a ping (and the resolver an acknowledgement) for
+// most calls.
+const windowSize = 1 << 20
+
+// Dial returns a connection to the image-resolver at addr over mTLS (tlsConfig
+// carries the client certificate), traced with OpenTelemetry. It does not
+// connect until the first call.
+func Dial(addr string, tlsConfig *tls.Config) (*grpc.ClientConn, error) {
+	return grpc.NewClient(addr,
+		grpc.WithTransportCredentials(credentials.NewTLS(tlsConfig)),
+		grpc.WithStatsHandler(otelgrpc.NewClientHandler()),
+		grpc.WithInitialWindowSize(windowSize),
+		grpc.WithInitialConnWindowSize(windowSize))
+}
 
 // Client adapts the generated client.
 type Client struct {
