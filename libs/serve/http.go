@@ -31,7 +31,8 @@ type HTTPOptions struct {
 // NewHTTPServer returns an http.Server with timeouts suitable for a
 // webhook/API server: headers within 5s, whole request within 30s, idle
 // connections kept 2 minutes, headers capped at 64 KiB. HTTP/2 is offered
-// when TLS is set.
+// when TLS is set. Handlers run on a pool of long-lived goroutines (see
+// pooled).
 func NewHTTPServer(opts HTTPOptions) *http.Server {
 	log := opts.Logger
 	if log == nil {
@@ -39,6 +40,7 @@ func NewHTTPServer(opts HTTPOptions) *http.Server {
 	}
 	h := recoverHTTP(log, opts.Handler)
 	h = otelhttp.NewHandler(h, opts.Name)
+	h = pooled(h)
 	return &http.Server{
 		Handler:           h,
 		TLSConfig:         opts.TLS,
