@@ -10,7 +10,8 @@ import (
 // requests in flight at once, not only for the running ones.
 const workersPerProc = 16
 
-// pooled runs next on a process-wide pool of long-lived goroutines.
+// pooled runs next, for HTTP/2 requests, on a process-wide pool of
+// long-lived goroutines.
 //
 // net/http starts a goroutine for every HTTP/2 request, and a new
 // goroutine's stack is small: a handler with a deep call chain (tracing,
@@ -27,6 +28,12 @@ func pooled(next http.Handler) http.Handler {
 		}
 	})
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.ProtoMajor != 2 {
+			// HTTP/1 serves a connection's requests on one goroutine,
+			// whose stack stays grown.
+			next.ServeHTTP(w, r)
+			return
+		}
 		j := jobs.Get().(*job)
 		j.h, j.w, j.r = next, w, r
 		select {
