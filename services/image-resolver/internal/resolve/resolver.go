@@ -116,6 +116,7 @@ type Resolver struct {
 	userAgent  string
 	log        *slog.Logger
 	transports transports
+	refs       *cache.LRU[refKey, parsedRef]
 	tags       *cache.LRU[string, tagEntry]
 	configs    *cache.LRU[v1.Hash, imageConfig]
 	flight     singleflight.Group
@@ -192,6 +193,7 @@ func New(opts Options) (*Resolver, error) {
 		userAgent:  opts.UserAgent,
 		log:        log,
 		transports: newTransports(opts.RootCAs, latency),
+		refs:       cache.New[refKey, parsedRef](opts.TagCacheSize, 0, opts.Now),
 		tags:       cache.New[string, tagEntry](opts.TagCacheSize, opts.TagTTL, opts.Now),
 		configs:    cache.New[v1.Hash, imageConfig](opts.ConfigCacheSize, 0, opts.Now),
 		lookups:    lookups,
@@ -316,6 +318,7 @@ var (
 // target is a parsed, validated request.
 type target struct {
 	ref      name.Reference
+	name     string // ref.Name()
 	registry string
 	insecure bool
 	platform Platform
@@ -337,14 +340,16 @@ func (r *Resolver) lookup(ctx context.Context, req Request, st *steps) (res Resu
 	if err != nil {
 		return Result{}, nil, err
 	}
-	how := "default"
-	if t.explicit {
-		how = "requested"
-	}
-	st.add("reference %s (registry %s)", t.ref.Name(), t.registry)
-	st.add("platform %s (%s)", t.platform, how)
-	if t.insecure {
-		st.add("TLS verification skipped: %s is an operator-listed insecure registry", t.registry)
+	if st != nil {
+		how := "default"
+		if t.explicit {
+			how = "requested"
+		}
+		st.add("reference %s (registry %s)", t.name, t.registry)
+		st.add("platform %s (%s)", t.platform, how)
+		if t.insecure {
+			st.add("TLS verification skipped: %s is an operator-listed insecure registry", t.registry)
+		}
 	}
 
 	cands, err := r.credentials(ctx, req, t, st)
@@ -352,15 +357,17 @@ func (r *Resolver) lookup(ctx context.Context, req Request, st *steps) (res Resu
 		return Result{}, nil, err
 	}
 
-	key := strings.Join([]string{t.ref.Name(), t.platform.String(), strconv.FormatBool(t.insecure), cands.Identity}, "\x00")
+	key := strings.Join([]string{t.name, t.platform.String(), strconv.FormatBool(t.insecure), cands.Identity}, "\x00")
 	if e, ok := r.tags.Get(key); ok {
 		if e.err != nil {
 			st.add("tag cache: hit on a failure cached for at most %s", r.negTTL)
 			return Result{}, e.platforms, e.err
 		}
 		if cfg, ok := r.configs.Get(e.digest); ok {
-			st.add("tag cache: hit (%s)", e.digest)
-			st.add("config cache: hit")
+			if st != nil {
+				st.add("tag cache: hit (%s)", e.digest)
+				st.add("config cache: hit")
+			}
 			res, err := result(t, e, cfg, true)
 			return res, e.platforms, err
 		}
@@ -395,8 +402,12 @@ func (r *Resolver) lookup(ctx context.Context, req Request, st *steps) (res Resu
 // credentials gathers the request's pull secrets and asks the cloud
 // sources, all within one registry timeout.
 func (r *Resolver) credentials(ctx context.Context, req Request, t target, st *steps) (keychain.Candidates, error) {
-	kctx, cancel := context.WithTimeout(ctx, r.timeout)
-	defer cancel()
+	kctx := ctx
+	if deadline, ok := ctx.Deadline(); !ok || time.Until(deadline) > r.timeout {
+		var cancel context.CancelFunc
+		kctx, cancel = context.WithTimeout(ctx, r.timeout)
+		defer cancel()
+	}
 	set, err := r.keychain.Gather(kctx, keychain.Request{Namespace: req.Namespace, ServiceAccount: req.ServiceAccount, PullSecrets: req.PullSecrets})
 	if err != nil {
 		return keychain.Candidates{}, r.credentialError(ctx, err, kctx.Err() != nil && ctx.Err() == nil)
@@ -436,21 +447,19 @@ func (r *Resolver) parse(req Request) (target, error) {
 	if strings.TrimSpace(req.Image) == "" {
 		return target{}, newError(ErrInvalidArgument, nil, "image reference is empty")
 	}
-	ref, err := name.ParseReference(req.Image)
+	ref, err := r.reference(req.Image, false)
 	if err != nil {
-		return target{}, newError(ErrInvalidArgument, err, "image reference %q is invalid", req.Image)
+		return target{}, err
 	}
-	reg := ref.Context().RegistryStr()
-	t := target{ref: ref, registry: reg}
 	if req.SkipTLSVerify {
-		if !r.insecure[reg] {
-			return target{}, newError(ErrInvalidArgument, nil, "skip_tls_verify refused: registry %s is not listed in --insecure-registries", reg)
+		if !r.insecure[ref.registry] {
+			return target{}, newError(ErrInvalidArgument, nil, "skip_tls_verify refused: registry %s is not listed in --insecure-registries", ref.registry)
 		}
-		if t.ref, err = name.ParseReference(req.Image, name.Insecure); err != nil {
-			return target{}, newError(ErrInvalidArgument, err, "image reference %q is invalid", req.Image)
+		if ref, err = r.reference(req.Image, true); err != nil {
+			return target{}, err
 		}
-		t.insecure = true
 	}
+	t := target{ref: ref.ref, name: ref.name, registry: ref.registry, insecure: req.SkipTLSVerify}
 	if p := req.Platform; strings.Contains(p.OS+p.Architecture+p.Variant, "/") {
 		return target{}, newError(ErrInvalidArgument, nil, "platform fields must not contain \"/\"")
 	}
@@ -459,6 +468,41 @@ func (r *Resolver) parse(req Request) (target, error) {
 	}
 	t.platform, t.explicit = req.Platform.withDefault(r.defPlat)
 	return t, nil
+}
+
+// refKey is an image reference as written in a pod, and whether it is
+// parsed for an insecure registry.
+type refKey struct {
+	image    string
+	insecure bool
+}
+
+// parsedRef is a parsed reference with the names a lookup uses.
+type parsedRef struct {
+	ref      name.Reference
+	name     string // ref.Name(): the fully qualified reference
+	registry string // the registry's host[:port]
+}
+
+// reference parses image, or returns it parsed earlier: parsing depends on
+// the string alone, and a warm lookup would otherwise spend more on it than
+// on the caches. Invalid references are not kept.
+func (r *Resolver) reference(image string, insecure bool) (parsedRef, error) {
+	key := refKey{image: image, insecure: insecure}
+	if p, ok := r.refs.Get(key); ok {
+		return p, nil
+	}
+	var opts []name.Option
+	if insecure {
+		opts = append(opts, name.Insecure)
+	}
+	ref, err := name.ParseReference(image, opts...)
+	if err != nil {
+		return parsedRef{}, newError(ErrInvalidArgument, err, "image reference %q is invalid", image)
+	}
+	p := parsedRef{ref: ref, name: ref.Name(), registry: ref.Context().RegistryStr()}
+	r.refs.Add(key, p)
+	return p, nil
 }
 
 // result builds the response from a cache entry and a config, checking a
@@ -470,7 +514,7 @@ func result(t target, e tagEntry, cfg imageConfig, cached bool) (Result, error) 
 	} else if t.explicit && !t.platform.satisfiedBy(cfg.platform) {
 		return Result{}, &Error{
 			Kind:      ErrNoMatchingPlatform,
-			Message:   fmt.Sprintf("image %s is a single-platform image for %s; %s was requested (available: %s)", t.ref.Name(), cfg.platform, t.platform, cfg.platform),
+			Message:   fmt.Sprintf("image %s is a single-platform image for %s; %s was requested (available: %s)", t.name, cfg.platform, t.platform, cfg.platform),
 			Platforms: []Platform{cfg.platform},
 		}
 	}
@@ -538,7 +582,7 @@ func (r *Resolver) fetch(callerCtx context.Context, t target, creds keychain.Can
 		last = &e
 	}
 	f.steps.add("failed: %s", last.Message)
-	r.log.DebugContext(ctx, "image lookup failed", "image", t.ref.Name(), "error", last.Error())
+	r.log.DebugContext(ctx, "image lookup failed", "image", t.name, "error", last.Error())
 	f.entry = tagEntry{err: last, platforms: last.Platforms}
 	if r.negTTL > 0 {
 		r.tags.AddTTL(key, f.entry, r.negTTL)
@@ -563,7 +607,7 @@ func (r *Resolver) read(ctx context.Context, t target, c keychain.Candidate, st 
 		opts = append(opts, remote.WithUserAgent(r.userAgent))
 	}
 	fail := func(err error) (tagEntry, imageConfig, *Error) {
-		return tagEntry{}, imageConfig{}, classify(err, t.ref.Name(), t.registry, ctx.Err() != nil, lt.observed())
+		return tagEntry{}, imageConfig{}, classify(err, t.name, t.registry, ctx.Err() != nil, lt.observed())
 	}
 
 	desc, err := remote.Get(t.ref, opts...)
@@ -591,13 +635,13 @@ func (r *Resolver) read(ctx context.Context, t target, c keychain.Candidate, st 
 		if !ok {
 			e := &Error{
 				Kind:      ErrNoMatchingPlatform,
-				Message:   fmt.Sprintf("image %s has no manifest for %s (available: %s)", t.ref.Name(), t.platform, platformList(entry.platforms)),
+				Message:   fmt.Sprintf("image %s has no manifest for %s (available: %s)", t.name, t.platform, platformList(entry.platforms)),
 				Platforms: entry.platforms,
 			}
 			return tagEntry{}, imageConfig{}, e
 		}
 		if !child.MediaType.IsImage() {
-			return tagEntry{}, imageConfig{}, newError(ErrFailedPrecondition, nil, "image %s: the manifest for %s has unsupported media type %s", t.ref.Name(), t.platform, child.MediaType)
+			return tagEntry{}, imageConfig{}, newError(ErrFailedPrecondition, nil, "image %s: the manifest for %s has unsupported media type %s", t.name, t.platform, child.MediaType)
 		}
 		entry.digest, entry.platform = child.Digest, fromV1(child.Platform)
 		st.add("chose %s for %s", child.Digest, entry.platform)
@@ -606,7 +650,7 @@ func (r *Resolver) read(ctx context.Context, t target, c keychain.Candidate, st 
 		st.add("single-platform manifest %s", desc.Digest)
 		image = desc.Image
 	default:
-		return tagEntry{}, imageConfig{}, newError(ErrFailedPrecondition, nil, "image %s has unsupported media type %s", t.ref.Name(), desc.MediaType)
+		return tagEntry{}, imageConfig{}, newError(ErrFailedPrecondition, nil, "image %s has unsupported media type %s", t.name, desc.MediaType)
 	}
 
 	// The manifest (or the index naming it) was just read with the caller's
