@@ -18,13 +18,14 @@ import (
 	"testing"
 	"time"
 
-	"go.opentelemetry.io/otel/metric/noop"
 	admissionv1 "k8s.io/api/admission/v1"
 
 	imageresolverv1 "github.com/piggysec/piggy/libs/gen/piggy/imageresolver/v1"
+	"github.com/piggysec/piggy/libs/logging"
 	"github.com/piggysec/piggy/libs/proctest"
 	"github.com/piggysec/piggy/libs/registrytest"
 	"github.com/piggysec/piggy/libs/serve"
+	"github.com/piggysec/piggy/libs/telemetry"
 	"github.com/piggysec/piggy/services/admission-gateway/internal/mutate"
 	"github.com/piggysec/piggy/services/admission-gateway/internal/resolverclient"
 	"github.com/piggysec/piggy/services/admission-gateway/internal/webhook"
@@ -51,6 +52,14 @@ func BenchmarkReviewHTTPS(b *testing.B) {
 	resolverAddr := addrs["grpc"]
 	b.Logf("image-resolver metrics (and pprof with BENCH_RESOLVER_ENV=PROFILING=true): http://%s", addrs["metrics"])
 
+	// The gateway's side runs with the logger and telemetry of the real
+	// process (metrics kept for Prometheus, spans not recorded when nothing
+	// exports them), so that their cost is measured too.
+	tel, err := telemetry.Setup(b.Context(), telemetry.Options{ServiceName: "admission-gateway", Getenv: func(string) string { return "" }})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer func() { _ = tel.Shutdown(context.Background()) }()
 	conn, err := resolverclient.Dial(resolverAddr, pki.Client.ClientConfig("127.0.0.1"))
 	if err != nil {
 		b.Fatal(err)
@@ -58,7 +67,8 @@ func BenchmarkReviewHTTPS(b *testing.B) {
 	defer conn.Close()
 	mutator := mutate.New(mutate.Config{AllowedAddresses: []string{brokerURL}, EnvImage: "piggy-env:bench"},
 		resolverclient.New(imageresolverv1.NewImageResolverServiceClient(conn)), noEnvSource{})
-	hook, err := webhook.New(mutator, slog.New(slog.NewJSONHandler(io.Discard, nil)), noop.NewMeterProvider().Meter("bench"))
+	log := logging.New(io.Discard, logging.Options{Level: slog.LevelInfo, Service: "admission-gateway"})
+	hook, err := webhook.New(mutator, log, tel.MeterProvider.Meter("piggy/admission-gateway"))
 	if err != nil {
 		b.Fatal(err)
 	}

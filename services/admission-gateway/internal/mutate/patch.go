@@ -4,9 +4,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"strings"
-	"unicode/utf8"
 
 	corev1 "k8s.io/api/core/v1"
+
+	"github.com/piggysec/piggy/services/admission-gateway/internal/jsonappend"
 )
 
 // Op is one RFC 6902 operation.
@@ -72,14 +73,14 @@ func Marshal(ops []Op) ([]byte, error) {
 func appendValue(buf []byte, v any) ([]byte, error) {
 	switch v := v.(type) {
 	case string:
-		return appendString(buf, v), nil
+		return jsonappend.String(buf, v), nil
 	case []string:
 		buf = append(buf, '[')
 		for i, s := range v {
 			if i > 0 {
 				buf = append(buf, ',')
 			}
-			buf = appendString(buf, s)
+			buf = jsonappend.String(buf, s)
 		}
 		return append(buf, ']'), nil
 	case corev1.EnvVar:
@@ -155,10 +156,10 @@ func appendValue(buf []byte, v any) ([]byte, error) {
 
 func appendEnvVar(buf []byte, e corev1.EnvVar) []byte {
 	buf = append(buf, `{"name":`...)
-	buf = appendString(buf, e.Name)
+	buf = jsonappend.String(buf, e.Name)
 	if e.Value != "" {
 		buf = append(buf, `,"value":`...)
-		buf = appendString(buf, e.Value)
+		buf = jsonappend.String(buf, e.Value)
 	}
 	return append(buf, '}')
 }
@@ -170,66 +171,13 @@ func appendMount(buf []byte, m corev1.VolumeMount) ([]byte, bool) {
 		return buf, false
 	}
 	buf = append(buf, `{"name":`...)
-	buf = appendString(buf, m.Name)
+	buf = jsonappend.String(buf, m.Name)
 	if m.ReadOnly {
 		buf = append(buf, `,"readOnly":true`...)
 	}
 	buf = append(buf, `,"mountPath":`...)
-	buf = appendString(buf, m.MountPath)
+	buf = jsonappend.String(buf, m.MountPath)
 	return append(buf, '}'), true
-}
-
-const hexDigits = "0123456789abcdef"
-
-// appendString appends s as a JSON string (RFC 8259), escaping quotes,
-// backslashes, control characters, invalid UTF-8 (as U+FFFD) and the line
-// separators U+2028/U+2029.
-func appendString(buf []byte, s string) []byte {
-	buf = append(buf, '"')
-	start := 0
-	for i := 0; i < len(s); {
-		c := s[i]
-		if c < utf8.RuneSelf {
-			if c >= 0x20 && c != '"' && c != '\\' {
-				i++
-				continue
-			}
-			buf = append(buf, s[start:i]...)
-			switch c {
-			case '"', '\\':
-				buf = append(buf, '\\', c)
-			case '\n':
-				buf = append(buf, '\\', 'n')
-			case '\r':
-				buf = append(buf, '\\', 'r')
-			case '\t':
-				buf = append(buf, '\\', 't')
-			default:
-				buf = append(buf, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xF])
-			}
-			i++
-			start = i
-			continue
-		}
-		r, size := utf8.DecodeRuneInString(s[i:])
-		if r == utf8.RuneError && size == 1 {
-			buf = append(buf, s[start:i]...)
-			buf = append(buf, `\ufffd`...)
-			i += size
-			start = i
-			continue
-		}
-		if r == '\u2028' || r == '\u2029' {
-			buf = append(buf, s[start:i]...)
-			buf = append(buf, '\\', 'u', '2', '0', '2', hexDigits[r&0xF])
-			i += size
-			start = i
-			continue
-		}
-		i += size
-	}
-	buf = append(buf, s[start:]...)
-	return append(buf, '"')
 }
 
 func containerPath(init bool, i int) string {

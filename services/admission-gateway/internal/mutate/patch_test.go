@@ -39,26 +39,3 @@ func TestMarshalMatchesEncodingJSON(t *testing.T) {
 		t.Errorf("Marshal differs from encoding/json (-want +got):\n%s", diff)
 	}
 }
-
-// FuzzAppendString checks the hand-written JSON string encoder against
-// encoding/json: both must decode to the same string.
-func FuzzAppendString(f *testing.F) {
-	for _, s := range []string{"", "plain", `q"b\s`, "\x00\x1f\n\r\t", "ünï \u2028\u2029", "\xff\xfe bad utf8", "<>&"} {
-		f.Add(s)
-	}
-	f.Fuzz(func(t *testing.T, s string) {
-		got := appendString(nil, s)
-		var decoded string
-		if err := json.Unmarshal(got, &decoded); err != nil {
-			t.Fatalf("appendString(%q) = %s: invalid JSON: %v", s, got, err)
-		}
-		ref, _ := json.Marshal(s)
-		var want string
-		if err := json.Unmarshal(ref, &want); err != nil {
-			t.Fatal(err)
-		}
-		if decoded != want {
-			t.Fatalf("appendString(%q) decodes to %q, encoding/json to %q", s, decoded, want)
-		}
-	})
-}

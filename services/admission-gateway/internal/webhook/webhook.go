@@ -6,6 +6,7 @@ package webhook
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -14,6 +15,8 @@ import (
 	"mime"
 	"net/http"
 	"runtime/debug"
+	"strconv"
+	"sync"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -25,6 +28,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	kjson "sigs.k8s.io/json"
 
+	"github.com/piggysec/piggy/services/admission-gateway/internal/jsonappend"
 	"github.com/piggysec/piggy/services/admission-gateway/internal/mutate"
 )
 
@@ -100,11 +104,70 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.reviews.Add(r.Context(), 1, attrs)
 	h.duration.Record(r.Context(), took.Seconds(), attrs)
 
-	out := admissionv1.AdmissionReview{TypeMeta: metav1.TypeMeta{APIVersion: in.APIVersion, Kind: in.Kind}, Response: resp}
+	bp := responseBuffers.Get().(*[]byte)
+	defer responseBuffers.Put(bp)
+	out, err := encodeReview((*bp)[:0], in.APIVersion, in.Kind, resp)
+	if err != nil {
+		resp = deny(in.Request, http.StatusInternalServerError, "piggy: cannot encode the response; see the admission-gateway logs")
+		h.log.ErrorContext(r.Context(), "encoding the admission response failed", "uid", string(in.Request.UID), "error", err)
+		out, _ = encodeReview((*bp)[:0], in.APIVersion, in.Kind, resp) // a denial always encodes
+	}
+	*bp = out
 	w.Header().Set("Content-Type", "application/json")
-	if err := json.NewEncoder(w).Encode(&out); err != nil {
+	if _, err := w.Write(out); err != nil {
 		h.log.WarnContext(r.Context(), "writing admission response failed", "error", err)
 	}
+}
+
+// responseBuffers holds encoding buffers for answers: the response writer
+// copies what it is given, so a buffer is free again once written.
+var responseBuffers = sync.Pool{New: func() any { return new([]byte) }}
+
+// encodeReview appends an AdmissionReview answering with resp to buf, as
+// encoding/json would encode it (same fields, same order) but without
+// reflection; the patch is base64-encoded in place.
+func encodeReview(buf []byte, apiVersion, kind string, resp *admissionv1.AdmissionResponse) ([]byte, error) {
+	if len(resp.AuditAnnotations) > 0 {
+		// Not set by the webhook; kept correct rather than fast.
+		out, err := json.Marshal(admissionv1.AdmissionReview{TypeMeta: metav1.TypeMeta{APIVersion: apiVersion, Kind: kind}, Response: resp})
+		return append(buf, out...), err
+	}
+	buf = append(buf, `{"kind":`...)
+	buf = jsonappend.String(buf, kind)
+	buf = append(buf, `,"apiVersion":`...)
+	buf = jsonappend.String(buf, apiVersion)
+	buf = append(buf, `,"response":{"uid":`...)
+	buf = jsonappend.String(buf, string(resp.UID))
+	buf = append(buf, `,"allowed":`...)
+	buf = strconv.AppendBool(buf, resp.Allowed)
+	if resp.Result != nil {
+		status, err := json.Marshal(resp.Result)
+		if err != nil {
+			return nil, err
+		}
+		buf = append(buf, `,"status":`...)
+		buf = append(buf, status...)
+	}
+	if len(resp.Patch) > 0 {
+		buf = append(buf, `,"patch":"`...)
+		buf = base64.StdEncoding.AppendEncode(buf, resp.Patch)
+		buf = append(buf, '"')
+	}
+	if resp.PatchType != nil {
+		buf = append(buf, `,"patchType":`...)
+		buf = jsonappend.String(buf, string(*resp.PatchType))
+	}
+	if len(resp.Warnings) > 0 {
+		buf = append(buf, `,"warnings":[`...)
+		for i, w := range resp.Warnings {
+			if i > 0 {
+				buf = append(buf, ',')
+			}
+			buf = jsonappend.String(buf, w)
+		}
+		buf = append(buf, ']')
+	}
+	return append(buf, "}}\n"...), nil
 }
 
 // stackReserve is what growStack makes room for: enough for decoding a pod
@@ -261,13 +324,24 @@ func (h *Handler) review(ctx context.Context, req *request, body []byte) (resp *
 	resp.Patch, resp.PatchType = patch, &pt
 	took := time.Since(start).Round(time.Microsecond)
 	if owner := controller(&pod); pod.Name == "" && owner != nil {
-		h.log.InfoContext(ctx, fmt.Sprintf("Pod of %s '%s' has been mutated (took %s)", owner.Kind, owner.Name, took),
-			"namespace", ns, "owner", owner.Name, "containers", res.Mutated)
+		h.info(ctx, "Pod of "+owner.Kind+" '"+owner.Name+"' has been mutated (took "+took.String()+")",
+			slog.String("namespace", ns), slog.String("owner", owner.Name), slog.Any("containers", res.Mutated))
 	} else {
-		h.log.InfoContext(ctx, fmt.Sprintf("Pod '%s' has been mutated (took %s)", podName(&pod), took),
-			"namespace", ns, "pod_name", podName(&pod), "containers", res.Mutated)
+		h.info(ctx, "Pod '"+podName(&pod)+"' has been mutated (took "+took.String()+")",
+			slog.String("namespace", ns), slog.String("pod_name", podName(&pod)), slog.Any("containers", res.Mutated))
 	}
 	return resp, "mutated"
+}
+
+// info logs msg at info level like InfoContext, without looking up the
+// caller's program counter (the service's logger prints no source).
+func (h *Handler) info(ctx context.Context, msg string, attrs ...slog.Attr) {
+	if !h.log.Enabled(ctx, slog.LevelInfo) {
+		return
+	}
+	r := slog.NewRecord(time.Now(), slog.LevelInfo, msg, 0)
+	r.AddAttrs(attrs...)
+	_ = h.log.Handler().Handle(ctx, r)
 }
 
 func deny(req *request, code int32, msg string) *admissionv1.AdmissionResponse {

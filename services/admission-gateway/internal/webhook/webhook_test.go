@@ -12,10 +12,12 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/google/go-cmp/cmp"
 	"go.opentelemetry.io/otel/metric/noop"
 	jsonpatch "gopkg.in/evanphx/json-patch.v4"
 	admissionv1 "k8s.io/api/admission/v1"
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/piggysec/piggy/libs/podsettings"
 	"github.com/piggysec/piggy/services/admission-gateway/internal/mutate"
@@ -213,6 +215,40 @@ func TestConcurrentReviews(t *testing.T) {
 	close(errs)
 	for e := range errs {
 		t.Error(e)
+	}
+}
+
+func TestEncodeReviewMatchesEncodingJSON(t *testing.T) {
+	pt := admissionv1.PatchTypeJSONPatch
+	tests := map[string]*admissionv1.AdmissionResponse{
+		"mutated": {UID: "u-1", Allowed: true, Patch: []byte(`[{"op":"add","path":"/a","value":"<&>"}]`), PatchType: &pt,
+			Warnings: []string{`piggy: container "app" has no command`, "ünï \u2028 \x01"}},
+		"unchanged":        {UID: "u-2", Allowed: true},
+		"empty patch":      {UID: "u-3", Allowed: true, Patch: []byte{}},
+		"denied":           deny(&request{UID: `u-"4"`}, http.StatusForbidden, "piggy: \"x\" is not allowed"),
+		"audit annotation": {UID: "u-5", Allowed: true, AuditAnnotations: map[string]string{"k": "v"}},
+	}
+	for name, resp := range tests {
+		t.Run(name, func(t *testing.T) {
+			got, err := encodeReview(nil, "admission.k8s.io/v1", "AdmissionReview", resp)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want, err := json.Marshal(admissionv1.AdmissionReview{TypeMeta: metav1.TypeMeta{APIVersion: "admission.k8s.io/v1", Kind: "AdmissionReview"}, Response: resp})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var gotDoc, wantDoc any
+			if err := json.Unmarshal(got, &gotDoc); err != nil {
+				t.Fatalf("invalid JSON: %v: %s", err, got)
+			}
+			if err := json.Unmarshal(want, &wantDoc); err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(wantDoc, gotDoc); diff != "" {
+				t.Errorf("encodeReview differs from encoding/json (-want +got):\n%s", diff)
+			}
+		})
 	}
 }
 
