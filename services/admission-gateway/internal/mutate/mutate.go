@@ -226,7 +226,7 @@ func (m *Mutator) Mutate(ctx context.Context, pod *corev1.Pod, namespace string)
 		existing = podidentity.Identities{}
 	}
 	ids := podidentity.Identities{}
-	var p patch
+	p := patch{ops: make([]Op, 0, 16)}
 	proxy := !s.Standalone
 	for _, t := range targets {
 		if t.skip {
@@ -464,7 +464,7 @@ func (m *Mutator) launch(p *patch, t *target, s podsettings.Settings, uid string
 // that matter for security are always set explicitly so that a value the
 // pod sets itself earlier in env is overridden (the last definition wins).
 func (m *Mutator) launcherEnv(s podsettings.Settings, uid string) []corev1.EnvVar {
-	var env []corev1.EnvVar
+	env := make([]corev1.EnvVar, 0, 8)
 	set := func(name, value string) { env = append(env, corev1.EnvVar{Name: name, Value: value}) }
 	if s.Standalone {
 		set("PIGGY_STANDALONE", "true")

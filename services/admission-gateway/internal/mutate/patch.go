@@ -47,8 +47,10 @@ func escape(token string) string { return pointerEscaper.Replace(token) }
 // Marshal encodes ops as an RFC 6902 document. Pre-encoded values
 // (json.RawMessage) are copied as they are, without the re-validation and
 // compaction encoding/json applies to them.
-func Marshal(ops []Op) ([]byte, error) {
-	buf := make([]byte, 0, 4096)
+func Marshal(ops []Op) ([]byte, error) { return AppendPatch(make([]byte, 0, 4096), ops) }
+
+// AppendPatch appends the RFC 6902 document of ops to buf, like Marshal.
+func AppendPatch(buf []byte, ops []Op) ([]byte, error) {
 	buf = append(buf, '[')
 	for i, op := range ops {
 		if i > 0 {

@@ -5,12 +5,12 @@
 package webhook
 
 import (
+	"bytes"
 	"context"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"mime"
 	"net/http"
@@ -47,6 +47,8 @@ type Handler struct {
 	log      *slog.Logger
 	reviews  metric.Int64Counter
 	duration metric.Float64Histogram
+	// outcomes are the metric attributes of each outcome, built once.
+	outcomes map[string]metric.MeasurementOption
 }
 
 // New returns a Handler that records metrics with meter.
@@ -62,7 +64,11 @@ func New(m Mutator, log *slog.Logger, meter metric.Meter) (*Handler, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Handler{mutator: m, log: log, reviews: reviews, duration: duration}, nil
+	outcomes := map[string]metric.MeasurementOption{}
+	for _, o := range []string{"mutated", "unchanged", "denied", "skipped", "error"} {
+		outcomes[o] = metric.WithAttributeSet(attribute.NewSet(attribute.String("outcome", o)))
+	}
+	return &Handler{mutator: m, log: log, reviews: reviews, duration: duration, outcomes: outcomes}, nil
 }
 
 // ServeHTTP implements http.Handler.
@@ -76,8 +82,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "piggy: Content-Type must be application/json", http.StatusUnsupportedMediaType)
 		return
 	}
-	growStack()
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBodyBytes))
+	bufs := reviewBuffers.Get().(*buffers)
+	defer bufs.release()
+	bufs.body.Reset()
+	_, err := bufs.body.ReadFrom(http.MaxBytesReader(w, r.Body, MaxBodyBytes))
+	body := bufs.body.Bytes()
 	if err != nil {
 		var tooBig *http.MaxBytesError
 		if errors.As(err, &tooBig) {
@@ -98,30 +107,47 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 
 	start := time.Now()
-	resp, outcome := h.review(r.Context(), in.Request, body)
+	resp, outcome := h.review(r.Context(), in.Request, body, &bufs.patch)
 	took := time.Since(start)
-	attrs := metric.WithAttributes(attribute.String("outcome", outcome))
+	attrs := h.outcomes[outcome]
 	h.reviews.Add(r.Context(), 1, attrs)
 	h.duration.Record(r.Context(), took.Seconds(), attrs)
 
-	bp := responseBuffers.Get().(*[]byte)
-	defer responseBuffers.Put(bp)
-	out, err := encodeReview((*bp)[:0], in.APIVersion, in.Kind, resp)
+	out, err := encodeReview(bufs.out[:0], in.APIVersion, in.Kind, resp)
 	if err != nil {
 		resp = deny(in.Request, http.StatusInternalServerError, "piggy: cannot encode the response; see the admission-gateway logs")
 		h.log.ErrorContext(r.Context(), "encoding the admission response failed", "uid", string(in.Request.UID), "error", err)
-		out, _ = encodeReview((*bp)[:0], in.APIVersion, in.Kind, resp) // a denial always encodes
+		out, _ = encodeReview(bufs.out[:0], in.APIVersion, in.Kind, resp) // a denial always encodes
 	}
-	*bp = out
+	bufs.out = out
 	w.Header().Set("Content-Type", "application/json")
 	if _, err := w.Write(out); err != nil {
 		h.log.WarnContext(r.Context(), "writing admission response failed", "error", err)
 	}
 }
 
-// responseBuffers holds encoding buffers for answers: the response writer
-// copies what it is given, so a buffer is free again once written.
-var responseBuffers = sync.Pool{New: func() any { return new([]byte) }}
+// buffers are the byte slices of one review: the request body, the encoded
+// patch and the answer. Nothing outlives the review (decoding copies what
+// it keeps, the response writer copies what it is given), so they are
+// reused across reviews.
+type buffers struct {
+	body       bytes.Buffer
+	patch, out []byte
+}
+
+// maxPooledBuffer bounds what a pooled buffer keeps: a rare large review
+// does not pin its memory.
+const maxPooledBuffer = 64 << 10
+
+var reviewBuffers = sync.Pool{New: func() any { return new(buffers) }}
+
+// release returns b to the pool unless a buffer grew past maxPooledBuffer.
+func (b *buffers) release() {
+	if b.body.Cap() > maxPooledBuffer || cap(b.patch) > maxPooledBuffer || cap(b.out) > maxPooledBuffer {
+		return
+	}
+	reviewBuffers.Put(b)
+}
 
 // encodeReview appends an AdmissionReview answering with resp to buf, as
 // encoding/json would encode it (same fields, same order) but without
@@ -169,28 +195,6 @@ func encodeReview(buf []byte, apiVersion, kind string, resp *admissionv1.Admissi
 	}
 	return append(buf, "}}\n"...), nil
 }
-
-// stackReserve is what growStack makes room for: enough for decoding a pod
-// and a call to the image-resolver.
-const stackReserve = 10 << 10
-
-// growStack grows the calling goroutine's stack by stackReserve while the
-// stack is still shallow. Every review runs on a new goroutine (one per
-// HTTP/2 stream) whose stack starts small; left alone, the runtime grows it
-// deep inside the JSON decoder and again in the gRPC client, copying and
-// adjusting every frame each time, which cost more than the decoding
-// itself. One growth here, with few frames to move, replaces those.
-//
-//go:noinline
-func growStack() {
-	var reserve [stackReserve]byte
-	touch(reserve[:])
-}
-
-// touch keeps growStack's frame from being optimised away.
-//
-//go:noinline
-func touch(b []byte) { b[0] = 0 }
 
 // review is the part of an AdmissionReview the webhook reads; decoding
 // only these fields (not userInfo, oldObject, options) keeps reviews cheap.
@@ -274,7 +278,9 @@ func hasMetadata(body []byte) bool {
 }
 
 // review decides one request. A panic becomes a denial carrying the UID.
-func (h *Handler) review(ctx context.Context, req *request, body []byte) (resp *admissionv1.AdmissionResponse, outcome string) {
+//
+// The patch is encoded into *patchBuf, which the response then refers to.
+func (h *Handler) review(ctx context.Context, req *request, body []byte, patchBuf *[]byte) (resp *admissionv1.AdmissionResponse, outcome string) {
 	start := time.Now()
 	defer func() {
 		if v := recover(); v != nil {
@@ -295,7 +301,7 @@ func (h *Handler) review(ctx context.Context, req *request, body []byte) (resp *
 		}
 		return deny(req, http.StatusBadRequest, msg), "denied"
 	}
-	pod := *req.Pod
+	pod := req.Pod
 	// The patch may add /metadata/annotations; the API server always sends
 	// metadata, but a pod without it could not be patched.
 	if pod.Annotations == nil && !hasMetadata(body) {
@@ -305,9 +311,9 @@ func (h *Handler) review(ctx context.Context, req *request, body []byte) (resp *
 	if ns == "" {
 		ns = pod.Namespace
 	}
-	res := h.mutator.Mutate(ctx, &pod, ns)
+	res := h.mutator.Mutate(ctx, pod, ns)
 	if res.Denied != "" {
-		h.log.InfoContext(ctx, "Pod denied", append(podFields(&pod, ns), "reason", res.Denied)...)
+		h.log.InfoContext(ctx, "Pod denied", append(podFields(pod, ns), "reason", res.Denied)...)
 		r := deny(req, http.StatusForbidden, res.Denied)
 		r.Warnings = res.Warnings
 		return r, "denied"
@@ -316,19 +322,20 @@ func (h *Handler) review(ctx context.Context, req *request, body []byte) (resp *
 	if len(res.Patch) == 0 {
 		return resp, "unchanged"
 	}
-	patch, err := mutate.Marshal(res.Patch)
+	patch, err := mutate.AppendPatch((*patchBuf)[:0], res.Patch)
+	*patchBuf = patch
 	if err != nil {
 		return deny(req, http.StatusInternalServerError, "piggy: cannot encode the patch: "+err.Error()), "error"
 	}
 	pt := admissionv1.PatchTypeJSONPatch
 	resp.Patch, resp.PatchType = patch, &pt
 	took := time.Since(start).Round(time.Microsecond)
-	if owner := controller(&pod); pod.Name == "" && owner != nil {
+	if owner := controller(pod); pod.Name == "" && owner != nil {
 		h.info(ctx, "Pod of "+owner.Kind+" '"+owner.Name+"' has been mutated (took "+took.String()+")",
 			slog.String("namespace", ns), slog.String("owner", owner.Name), slog.Any("containers", res.Mutated))
 	} else {
-		h.info(ctx, "Pod '"+podName(&pod)+"' has been mutated (took "+took.String()+")",
-			slog.String("namespace", ns), slog.String("pod_name", podName(&pod)), slog.Any("containers", res.Mutated))
+		h.info(ctx, "Pod '"+podName(pod)+"' has been mutated (took "+took.String()+")",
+			slog.String("namespace", ns), slog.String("pod_name", podName(pod)), slog.Any("containers", res.Mutated))
 	}
 	return resp, "mutated"
 }
