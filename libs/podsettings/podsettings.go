@@ -64,6 +64,24 @@ var Names = []string{
 	InitialDelay, NumberOfRetry,
 }
 
+// annotationKeys maps every name of Names to its full annotation key, so
+// reading a pod's settings builds no strings.
+var annotationKeys = func() map[string]string {
+	m := make(map[string]string, len(Names))
+	for _, n := range Names {
+		m[n] = Prefix + n
+	}
+	return m
+}()
+
+// Key is the full annotation key of name ("piggysec.com/" + name).
+func Key(name string) string {
+	if k, ok := annotationKeys[name]; ok {
+		return k
+	}
+	return Prefix + name
+}
+
 // EnvName is the cluster-wide default variable of an annotation.
 func EnvName(annotation string) string {
 	return strings.ToUpper(strings.ReplaceAll(annotation, "-", "_"))
@@ -214,7 +232,7 @@ const (
 
 // raw returns the pod's value when it may be used, else the default.
 func (r reader) raw(name string) (string, bool) {
-	if v, ok := r.annotations[Prefix+name]; ok {
+	if v, ok := r.annotations[Key(name)]; ok {
 		if !r.defaults.Locked[name] {
 			return strings.TrimSpace(v), true
 		}

@@ -91,3 +91,11 @@ func TestEnvName(t *testing.T) {
 		}
 	}
 }
+
+func TestKey(t *testing.T) {
+	for _, n := range append(Names, "not-a-setting") {
+		if got := Key(n); got != Prefix+n {
+			t.Errorf("Key(%q) = %q", n, got)
+		}
+	}
+}
