@@ -15,10 +15,10 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	imageresolverv1 "github.com/piggysec/piggy/libs/gen/piggy/imageresolver/v1"
+	"github.com/piggysec/piggy/libs/telemetry"
 	"github.com/piggysec/piggy/services/admission-gateway/internal/mutate"
 )
 
@@ -55,10 +55,7 @@ func traceCalls(tracer trace.Tracer) grpc.UnaryClientInterceptor {
 		name := strings.TrimPrefix(method, "/")
 		ctx, span := tracer.Start(ctx, name, trace.WithSpanKind(trace.SpanKindClient))
 		defer span.End()
-		md, _ := metadata.FromOutgoingContext(ctx)
-		md = md.Copy()
-		otel.GetTextMapPropagator().Inject(ctx, metadataCarrier(md))
-		err := invoker(metadata.NewOutgoingContext(ctx, md), method, req, reply, cc, opts...)
+		err := invoker(telemetry.OutgoingGRPC(ctx), method, req, reply, cc, opts...)
 		if span.IsRecording() {
 			service, rpc, _ := strings.Cut(name, "/")
 			st := status.Convert(err)
@@ -75,29 +72,6 @@ func traceCalls(tracer trace.Tracer) grpc.UnaryClientInterceptor {
 		}
 		return err
 	}
-}
-
-// metadataCarrier lets a propagator write gRPC metadata.
-type metadataCarrier metadata.MD
-
-// Get returns the first value of key.
-func (c metadataCarrier) Get(key string) string {
-	if v := metadata.MD(c).Get(key); len(v) > 0 {
-		return v[0]
-	}
-	return ""
-}
-
-// Set replaces the values of key.
-func (c metadataCarrier) Set(key, value string) { metadata.MD(c).Set(key, value) }
-
-// Keys lists the keys present.
-func (c metadataCarrier) Keys() []string {
-	keys := make([]string, 0, len(c))
-	for k := range c {
-		keys = append(keys, k)
-	}
-	return keys
 }
 
 // Client adapts the generated client.

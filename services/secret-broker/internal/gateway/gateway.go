@@ -18,13 +18,12 @@ import (
 	"strconv"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
-	"go.opentelemetry.io/otel"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/encoding/protojson"
 
 	secretbrokerv1 "github.com/piggysec/piggy/libs/gen/piggy/secretbroker/v1"
+	"github.com/piggysec/piggy/libs/telemetry"
 )
 
 // MaxBodyBytes bounds a request body.
@@ -56,34 +55,10 @@ func Dial(target string, tlsConfig *tls.Config) (*grpc.ClientConn, error) {
 // far above any GetSecrets message.
 const windowSize = 1 << 20
 
-// propagate injects the trace context (W3C traceparent and baggage) of the
-// HTTP request into the outgoing gRPC metadata, so the server's span joins
-// the gateway's trace.
+// propagate passes the HTTP request's trace context on to the gRPC server,
+// so the server's span joins the gateway's trace.
 func propagate(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
-	md, _ := metadata.FromOutgoingContext(ctx)
-	md = md.Copy()
-	otel.GetTextMapPropagator().Inject(ctx, metadataCarrier(md))
-	return invoker(metadata.NewOutgoingContext(ctx, md), method, req, reply, cc, opts...)
-}
-
-// metadataCarrier adapts gRPC metadata to propagation.TextMapCarrier.
-type metadataCarrier metadata.MD
-
-func (c metadataCarrier) Get(key string) string {
-	if v := metadata.MD(c).Get(key); len(v) > 0 {
-		return v[0]
-	}
-	return ""
-}
-
-func (c metadataCarrier) Set(key, value string) { metadata.MD(c).Set(key, value) }
-
-func (c metadataCarrier) Keys() []string {
-	keys := make([]string, 0, len(c))
-	for k := range c {
-		keys = append(keys, k)
-	}
-	return keys
+	return invoker(telemetry.OutgoingGRPC(ctx), method, req, reply, cc, opts...)
 }
 
 // LoopbackTarget is the address to dial a listener bound to addr from the
