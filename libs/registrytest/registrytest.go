@@ -55,7 +55,22 @@ type Registry struct {
 	mu     sync.Mutex
 	counts map[string]int
 	delay  time.Duration
+	fault  ManifestFault
 }
+
+// ManifestFault is a way manifest requests misbehave (see SetManifestFault).
+type ManifestFault int
+
+const (
+	// ManifestsServed is no fault: manifests are served as stored.
+	ManifestsServed ManifestFault = iota
+	// ManifestsEmpty answers 200 with no body and no Content-Type, as a
+	// registry or proxy may do when its own upstream gives up.
+	ManifestsEmpty
+	// ManifestsCutOff sends the headers of a manifest and part of its body,
+	// then drops the connection.
+	ManifestsCutOff
+)
 
 // New starts a registry that stops when the test ends.
 func New(t testing.TB, opts Options) *Registry {
@@ -65,13 +80,29 @@ func New(t testing.TB, opts Options) *Registry {
 	handler := http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		r.mu.Lock()
 		r.counts[req.Method+" "+req.URL.Path]++
-		delay := r.delay
+		delay, fault := r.delay, r.fault
 		r.mu.Unlock()
-		if delay > 0 && strings.Contains(req.URL.Path, "/manifests/") {
-			select {
-			case <-time.After(delay):
-			case <-req.Context().Done():
+		if strings.Contains(req.URL.Path, "/manifests/") {
+			if delay > 0 {
+				select {
+				case <-time.After(delay):
+				case <-req.Context().Done():
+					return
+				}
+			}
+			switch fault {
+			case ManifestsEmpty:
+				w.WriteHeader(http.StatusOK)
 				return
+			case ManifestsCutOff:
+				w.Header().Set("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+				w.Header().Set("Content-Length", "4096")
+				w.WriteHeader(http.StatusOK)
+				_, _ = io.WriteString(w, `{"schemaVersion":2,"mediaType":`)
+				if f, ok := w.(http.Flusher); ok {
+					f.Flush()
+				}
+				panic(http.ErrAbortHandler) // drops the connection mid-body
 			}
 		}
 		if opts.Username != "" {
@@ -103,6 +134,14 @@ func New(t testing.TB, opts Options) *Registry {
 func (r *Registry) SetManifestDelay(d time.Duration) {
 	r.mu.Lock()
 	r.delay = d
+	r.mu.Unlock()
+}
+
+// SetManifestFault makes every manifest request misbehave as f says
+// (after any delay).
+func (r *Registry) SetManifestFault(f ManifestFault) {
+	r.mu.Lock()
+	r.fault = f
 	r.mu.Unlock()
 }
 

@@ -20,8 +20,8 @@ require (
 	github.com/aws/aws-sdk-go-v2/service/internal/presigned-url v1.14.12 // indirect
 )
 
-// libs is a test-only dependency (libs/awslocal in standalone_process_test.go);
-// the piggy-env binary never links it.
+// The piggy-env binary links only stdlib-only packages of libs (awsbody);
+// libs/awslocal is used by standalone_process_test.go.
 require github.com/piggysec/piggy/libs v0.0.0
 
 replace github.com/piggysec/piggy/libs => ../../libs

@@ -73,6 +73,12 @@ func TestUnreachableRegistries(t *testing.T) {
 	slow := registrytest.New(t, registrytest.Options{})
 	slow.Push(t, "app:1", registrytest.Image(t, "linux/amd64", []string{"/bin/app"}, nil))
 	slow.SetManifestDelay(time.Minute)
+	empty := registrytest.New(t, registrytest.Options{})
+	empty.Push(t, "app:1", registrytest.Image(t, "linux/amd64", []string{"/bin/app"}, nil))
+	empty.SetManifestFault(registrytest.ManifestsEmpty)
+	cutOff := registrytest.New(t, registrytest.Options{})
+	cutOff.Push(t, "app:1", registrytest.Image(t, "linux/amd64", []string{"/bin/app"}, nil))
+	cutOff.SetManifestFault(registrytest.ManifestsCutOff)
 	tests := []struct {
 		name     string
 		image    string
@@ -83,11 +89,15 @@ func TestUnreachableRegistries(t *testing.T) {
 		{name: "connection refused", image: registrytest.ClosedPort(t) + "/app:1", wantCode: codes.Unavailable, wantMsg: "unreachable"},
 		{name: "no answer within the registry timeout", image: registrytest.Blackhole(t) + "/app:1", wantCode: codes.Unavailable, wantMsg: "did not answer"},
 		{name: "manifest never answered", image: slow.Ref("app:1"), wantCode: codes.Unavailable, wantMsg: "did not answer"},
+		// What a client may see when a registry gives up on the manifest:
+		// a broken answer is the registry's fault, not an unsupported image.
+		{name: "manifest answered empty", image: empty.Ref("app:1"), wantCode: codes.Unavailable, wantMsg: "registry " + empty.Host + " sent an empty answer for " + empty.Ref("app:1")},
+		{name: "manifest cut off", image: cutOff.Ref("app:1"), wantCode: codes.Unavailable, wantMsg: "registry " + cutOff.Host + " cut off its answer for " + cutOff.Ref("app:1")},
 		{name: "gRPC deadline shorter than the registry timeout", image: slow.Ref("app:1"), deadline: 150 * time.Millisecond, wantCode: codes.DeadlineExceeded},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			r, _ := newResolver(t, pool(slow), nil, func(o *resolve.Options) { o.Timeout = timeout })
+			r, _ := newResolver(t, pool(slow, empty, cutOff), nil, func(o *resolve.Options) { o.Timeout = timeout })
 			client := serveGRPC(t, r)
 			ctx := t.Context()
 			if tt.deadline > 0 {

@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"slices"
@@ -117,6 +118,9 @@ func (e *downgradeError) Error() string {
 func classify(err error, image, registry string, timedOut bool, observed []error) *Error {
 	if timedOut {
 		return newError(ErrUnavailable, err, "registry %s did not answer %s in time", registry, image)
+	}
+	if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
+		return newError(ErrUnavailable, err, "registry %s cut off its answer for %s", registry, image)
 	}
 	var terr *transport.Error
 	if errors.As(err, &terr) {

@@ -614,6 +614,14 @@ func (r *Resolver) read(ctx context.Context, t target, c keychain.Candidate, st 
 	if err != nil {
 		return fail(err)
 	}
+	if desc.MediaType == "" && len(desc.Manifest) == 0 {
+		// A registry (or a proxy before it) that gives up may still send
+		// a 200 with nothing in it; that says nothing about the image.
+		if ctx.Err() != nil {
+			return fail(ctx.Err())
+		}
+		return tagEntry{}, imageConfig{}, newError(ErrUnavailable, nil, "registry %s sent an empty answer for %s", t.registry, t.name)
+	}
 	var (
 		entry = tagEntry{digest: desc.Digest}
 		image func() (v1.Image, error)

@@ -8,7 +8,8 @@
 // Credentials come from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY when set,
 // else from web identity (AWS_ROLE_ARN + AWS_WEB_IDENTITY_TOKEN_FILE, as IRSA
 // sets them), cached for the life of the process. The SDK's own retries are
-// off: the caller's retry policy decides.
+// off: the caller's retry policy decides. Every request goes out with a body
+// the SDK cannot close under net/http (see libs/awsbody).
 package standalone
 
 import (
@@ -34,6 +35,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/sts"
 	"github.com/aws/smithy-go"
 
+	"github.com/piggysec/piggy/libs/awsbody"
 	"github.com/piggysec/piggy/services/piggy-env/internal/config"
 	"github.com/piggysec/piggy/services/piggy-env/internal/refs"
 )
@@ -136,7 +138,7 @@ func NewAWSConfig(c config.AWS, dialer *net.Dialer, timeout time.Duration) (aws.
 	return cfg, nil
 }
 
-func newHTTPClient(dialer *net.Dialer, timeout time.Duration, caBundle string) (*awshttp.BuildableClient, error) {
+func newHTTPClient(dialer *net.Dialer, timeout time.Duration, caBundle string) (aws.HTTPClient, error) {
 	var roots *x509.CertPool
 	if caBundle != "" {
 		pem, err := os.ReadFile(caBundle)
@@ -150,7 +152,7 @@ func newHTTPClient(dialer *net.Dialer, timeout time.Duration, caBundle string) (
 			return nil, fmt.Errorf("AWS_CA_BUNDLE %s holds no PEM certificate", caBundle)
 		}
 	}
-	return awshttp.NewBuildableClient().
+	client := awshttp.NewBuildableClient().
 		WithTimeout(timeout).
 		WithTransportOptions(func(tr *http.Transport) {
 			tr.DialContext = dialer.DialContext
@@ -162,7 +164,8 @@ func newHTTPClient(dialer *net.Dialer, timeout time.Duration, caBundle string) (
 				}
 				tr.TLSClientConfig.RootCAs = roots
 			}
-		}), nil
+		})
+	return awsbody.Client(client), nil
 }
 
 // Retryable reports whether an error of Fetch may go away on a retry, by the

@@ -13,6 +13,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/secretsmanager"
 	"github.com/aws/aws-sdk-go-v2/service/ssm"
 	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
+
+	"github.com/piggysec/piggy/libs/awsbody"
 )
 
 // AWSOptions configure NewAWS.
@@ -55,7 +57,10 @@ func NewAWS(ctx context.Context, o AWSOptions) (aws.Config, ClientsFunc, error) 
 	if bc, ok := cfg.HTTPClient.(*awshttp.BuildableClient); ok {
 		transport = bc.GetTransport()
 	}
-	traced := &http.Client{Transport: otelhttp.NewTransport(transport), Timeout: o.AttemptTimeout}
+	// Each request carries a body the SDK cannot close under net/http
+	// (libs/awsbody). The web-identity STS client, built by the SDK from
+	// the plain client, has the SDK's retries for that race instead.
+	traced := awsbody.Client(&http.Client{Transport: otelhttp.NewTransport(transport), Timeout: o.AttemptTimeout})
 	clients := func(region string) Clients {
 		return Clients{
 			SecretsManager: secretsmanager.NewFromConfig(cfg, func(so *secretsmanager.Options) {
