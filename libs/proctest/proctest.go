@@ -168,10 +168,20 @@ func (p *Process) Addresses(t testing.TB, names ...string) map[string]string {
 func (p *Process) Stop(t testing.TB, sig syscall.Signal, timeout time.Duration) (int, time.Duration) {
 	t.Helper()
 	start := time.Now()
-	if err := p.cmd.Process.Signal(sig); err != nil {
-		t.Fatalf("signal: %v", err)
-	}
+	p.Signal(t, sig)
 	return p.Wait(t, timeout), time.Since(start)
+}
+
+// Signal sends sig to the process, unless it has exited already.
+func (p *Process) Signal(t testing.TB, sig syscall.Signal) {
+	t.Helper()
+	select {
+	case <-p.done:
+	default:
+		if err := p.cmd.Process.Signal(sig); err != nil && !errors.Is(err, os.ErrProcessDone) {
+			t.Fatalf("signal: %v", err)
+		}
+	}
 }
 
 // Wait waits up to timeout for the process to exit and returns its code.

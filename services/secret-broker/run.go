@@ -130,7 +130,17 @@ func wire(d *daemon.Daemon, cfg config.Config) error {
 		return err
 	}
 	d.Log.Info("serving gRPC (mTLS)", "server", "grpc", "address", grpcLn.Addr().String())
-	d.Go(func(ctx context.Context) error { return serve.GRPC(ctx, grpcServer, health, grpcLn, cfg.ShutdownGrace) })
+	// The JSON gateway reaches the gRPC server over loopback, so the gRPC
+	// server stops only once the gateway has drained: a request the
+	// gateway accepted while stopping must still find the service.
+	grpcCtx, stopGRPC := context.WithCancel(context.WithoutCancel(d.Context()))
+	d.Go(func(ctx context.Context) error { return serve.GRPC(grpcCtx, grpcServer, health, grpcLn, cfg.ShutdownGrace) })
+	gatewayStarted := false
+	defer func() {
+		if !gatewayStarted {
+			stopGRPC()
+		}
+	}()
 
 	conn, err := gateway.Dial(gateway.LoopbackTarget(grpcLn.Addr()), d.TLS.ClientConfig(cfg.GatewayTLSServerName))
 	if err != nil {
@@ -148,7 +158,9 @@ func wire(d *daemon.Daemon, cfg config.Config) error {
 	}
 	srv := serve.NewHTTPServer(serve.HTTPOptions{Handler: mux, TLS: d.TLS.ServerConfig(false), Name: "gateway", Logger: d.Log})
 	d.Log.Info("serving HTTPS", "server", "gateway", "address", httpLn.Addr().String())
+	gatewayStarted = true
 	d.Go(func(ctx context.Context) error {
+		defer stopGRPC()
 		err := serve.HTTP(ctx, srv, httpLn, cfg.ShutdownGrace)
 		// Close the loopback connection only once in-flight gateway
 		// requests have drained.
