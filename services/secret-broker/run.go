@@ -134,7 +134,7 @@ func wire(d *daemon.Daemon, cfg config.Config) error {
 	// server stops only once the gateway has drained: a request the
 	// gateway accepted while stopping must still find the service.
 	grpcCtx, stopGRPC := context.WithCancel(context.WithoutCancel(d.Context()))
-	d.Go(func(ctx context.Context) error { return serve.GRPC(grpcCtx, grpcServer, health, grpcLn, cfg.ShutdownGrace) })
+	d.Go(func(context.Context) error { return serve.GRPC(grpcCtx, grpcServer, health, grpcLn, cfg.ShutdownGrace) })
 	gatewayStarted := false
 	defer func() {
 		if !gatewayStarted {

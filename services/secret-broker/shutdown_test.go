@@ -2,11 +2,11 @@ package main
 
 import (
 	"crypto/tls"
-	"encoding/json"
-	"io"
 	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"sync"
