@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	imageresolverv1 "github.com/piggysec/piggy/libs/gen/piggy/imageresolver/v1"
+	"github.com/piggysec/piggy/libs/serve"
 	"github.com/piggysec/piggy/libs/telemetry"
 	"github.com/piggysec/piggy/services/admission-gateway/internal/mutate"
 )
@@ -34,14 +35,15 @@ const TracerName = "github.com/piggysec/piggy/services/admission-gateway/interna
 
 // Dial returns a connection to the image-resolver at addr over mTLS (tlsConfig
 // carries the client certificate) whose calls are traced with the global
-// OpenTelemetry tracer provider and propagator. It does not connect until
-// the first call.
+// OpenTelemetry tracer provider and propagator, and that reconnects to a
+// resolver that was down within serve.MaxReconnectDelay. It does not
+// connect until the first call.
 func Dial(addr string, tlsConfig *tls.Config) (*grpc.ClientConn, error) {
-	return grpc.NewClient(addr,
+	return grpc.NewClient(addr, append(serve.ClientDialOptions(),
 		grpc.WithTransportCredentials(credentials.NewTLS(tlsConfig)),
 		grpc.WithUnaryInterceptor(traceCalls(otel.Tracer(TracerName))),
 		grpc.WithInitialWindowSize(windowSize),
-		grpc.WithInitialConnWindowSize(windowSize))
+		grpc.WithInitialConnWindowSize(windowSize))...)
 }
 
 // traceCalls returns an interceptor that wraps each call in a client span
