@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
 
+	"github.com/piggysec/piggy/libs/flagenv"
 	"github.com/piggysec/piggy/libs/logging"
 	"github.com/piggysec/piggy/libs/serve"
 	"github.com/piggysec/piggy/libs/telemetry"
@@ -42,11 +43,18 @@ type Settings struct {
 	MetricsAddress string
 	// ShutdownGrace bounds the graceful shutdown after SIGTERM.
 	ShutdownGrace time.Duration
+	// OperatorIdentities are the client certificate names (DNS or URI
+	// SAN, or common name) that may call the diagnostics RPCs.
+	OperatorIdentities flagenv.List
 	// Profiling serves the Go runtime profiles (net/http/pprof) under
 	// /debug/pprof/ on the metrics address. Off by default: profiles show
 	// code paths and timings, not data, but they are for operators only.
 	Profiling bool
 }
+
+// DefaultOperatorIdentity is the name of the operator client certificate
+// the chart issues for grpcurl.
+const DefaultOperatorIdentity = "piggy-operator"
 
 // Register adds the settings' flags to fs with their defaults.
 func (s *Settings) Register(fs *flag.FlagSet) {
@@ -58,6 +66,8 @@ func (s *Settings) Register(fs *flag.FlagSet) {
 	fs.DurationVar(&s.TLSReloadInterval, "tls-reload-interval", 10*time.Second, "how often TLS files are re-read to pick up rotated certificates")
 	fs.StringVar(&s.MetricsAddress, "metrics-address", ":9090", "plain HTTP address for /metrics, /healthz and /readyz; empty disables")
 	fs.DurationVar(&s.ShutdownGrace, "shutdown-grace", 4*time.Second, "how long in-flight requests may finish after SIGTERM")
+	s.OperatorIdentities = flagenv.List{DefaultOperatorIdentity}
+	fs.Var(&s.OperatorIdentities, "operator-identities", "comma-separated client certificate names (DNS/URI SAN or common name) that may call the diagnostics RPCs")
 	fs.BoolVar(&s.Profiling, "profiling", false, "serve Go runtime profiles (pprof) under /debug/pprof/ on the metrics address")
 }
 
@@ -153,10 +163,14 @@ func (d *Daemon) Ready(ctx context.Context) error {
 }
 
 // NewGRPCServer returns a gRPC server on the daemon's TLS identity that
-// requires client certificates (mTLS), with health and reflection.
-func (d *Daemon) NewGRPCServer(extra ...grpc.ServerOption) (*grpc.Server, *health.Server, error) {
-	return serve.NewGRPCServer(serve.GRPCOptions{TLS: d.TLS.ServerConfig(true), Logger: d.Log, Extra: extra})
+// requires client certificates (mTLS) and lets only callers call each
+// method, with health and reflection.
+func (d *Daemon) NewGRPCServer(callers serve.Callers, extra ...grpc.ServerOption) (*grpc.Server, *health.Server, error) {
+	return serve.NewGRPCServer(serve.GRPCOptions{TLS: d.TLS.ServerConfig(true), Logger: d.Log, Callers: callers, Extra: extra})
 }
+
+// Operators are the identities that may call diagnostics RPCs.
+func (d *Daemon) Operators() []string { return d.settings.OperatorIdentities }
 
 // ServeGRPC listens on addr and serves s until the daemon stops.
 func (d *Daemon) ServeGRPC(name, addr string, s *grpc.Server, h *health.Server) error {

@@ -222,18 +222,19 @@ func (s *Stack) build(ctx context.Context) error {
 }
 
 // certificates writes the CA, one identity per service (server and client
-// usages, loopback names) and a client identity for grpcurl.
+// usages, loopback names, common name piggy-<service> as the services
+// expect of each other by default) and the operator identity for grpcurl.
 func (s *Stack) certificates() error {
 	ca, err := testca.New("piggy-dev CA")
 	if err != nil {
 		return err
 	}
 	for _, n := range []string{"admission-gateway", "image-resolver", "secret-broker", "registry", "aws"} {
-		if _, err := ca.WriteFiles(s.CertDir, n, testca.Request{CommonName: n, Hosts: testca.LoopbackHosts, Usage: testca.Server | testca.Client, Validity: 30 * 24 * time.Hour}); err != nil {
+		if _, err := ca.WriteFiles(s.CertDir, n, testca.Request{CommonName: "piggy-" + n, Hosts: testca.LoopbackHosts, Usage: testca.Server | testca.Client, Validity: 30 * 24 * time.Hour}); err != nil {
 			return err
 		}
 	}
-	_, err = ca.WriteFiles(s.CertDir, "client", testca.Request{CommonName: "operator", Usage: testca.Client, Validity: 30 * 24 * time.Hour})
+	_, err = ca.WriteFiles(s.CertDir, "client", testca.Request{CommonName: "piggy-operator", Usage: testca.Client, Validity: 30 * 24 * time.Hour})
 	return err
 }
 

@@ -65,3 +65,21 @@ func (lookup Lookup) Getenv(name string) string {
 	v, _ := lookup(name)
 	return v
 }
+
+// List is a flag.Value holding a comma-separated list; blanks around items
+// and empty items are dropped.
+type List []string
+
+// String joins the list with commas.
+func (l *List) String() string { return strings.Join(*l, ",") }
+
+// Set replaces the list with the items of v.
+func (l *List) Set(v string) error {
+	*l = nil
+	for _, item := range strings.Split(v, ",") {
+		if item = strings.TrimSpace(item); item != "" {
+			*l = append(*l, item)
+		}
+	}
+	return nil
+}

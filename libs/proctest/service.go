@@ -1,6 +1,7 @@
 package proctest
 
 import (
+	"context"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -8,6 +9,12 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/emptypb"
 
 	"github.com/piggysec/piggy/libs/testca"
 	"github.com/piggysec/piggy/libs/tlsreload"
@@ -23,15 +30,34 @@ type Service struct {
 	HTTPS map[string]string
 	// Args are extra arguments the service needs to start.
 	Args []string
+	// Callers maps each gRPC server name to its methods (full names) and
+	// the one identity of the PKI expected to call each.
+	Callers map[string]map[string]Caller
 }
+
+// Caller is an identity of the PKI, as a service's gRPC method expects it.
+type Caller string
+
+// The identities of a PKI: Peer is the service identity (every service
+// of a test shares it; it carries the admission-gateway's name), Operator
+// the client identity, AnyClient any certificate of the CA.
+const (
+	Peer      Caller = "peer"
+	Operator  Caller = "operator"
+	AnyClient Caller = "any client of the CA"
+)
 
 // PKI is a CA with a server+client certificate for a service and a client
 // certificate for tests, written to a temp dir.
 type PKI struct {
 	// Service is the service's identity (server and client usage).
 	Service tlsreload.Files
-	// Client is a test client's identity signed by the same CA.
+	// Client is a test client's identity signed by the same CA: an
+	// operator (common name piggy-operator).
 	Client *tlsreload.Source
+	// Peer is the service identity, loaded for calls one service makes to
+	// another (the image-resolver serves ResolveImage only to it).
+	Peer *tlsreload.Source
 	// CA is the issuing authority, for issuing more certificates.
 	CA *testca.CA
 	// Dir holds the PEM files.
@@ -46,11 +72,14 @@ func NewPKI(t testing.TB) *PKI {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
-	svc, err := ca.WriteFiles(dir, "service", testca.Request{CommonName: "service", Hosts: testca.LoopbackHosts, Usage: testca.Server | testca.Client})
+	// One identity for every service of a test: it carries the name the
+	// image-resolver expects of the admission-gateway by default.
+	svc, err := ca.WriteFiles(dir, "service", testca.Request{CommonName: "service", Hosts: append([]string{"piggy-admission-gateway"}, testca.LoopbackHosts...), Usage: testca.Server | testca.Client})
 	if err != nil {
 		t.Fatal(err)
 	}
-	cf, err := ca.WriteFiles(dir, "client", testca.Request{CommonName: "client", Usage: testca.Client})
+	// The client is an operator (the services' default --operator-identities).
+	cf, err := ca.WriteFiles(dir, "client", testca.Request{CommonName: "piggy-operator", Usage: testca.Client})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -58,7 +87,11 @@ func NewPKI(t testing.TB) *PKI {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &PKI{Service: svc, Client: client, CA: ca, Dir: dir}
+	peer, err := tlsreload.Load(svc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &PKI{Service: svc, Client: client, Peer: peer, CA: ca, Dir: dir}
 }
 
 // TLSArgs are the service flags naming the PKI's service identity.
@@ -110,6 +143,7 @@ func TestLifecycle(t *testing.T, s Service) {
 				}
 			}
 		}
+		checkCallers(t, pki, addrs, s.Callers)
 		for _, path := range []string{"/healthz", "/readyz", "/metrics", "/debug/pprof/cmdline"} {
 			if code, _ := Get(t, "http://"+addrs["metrics"]+path, nil); code != http.StatusOK {
 				t.Errorf("metrics %s = %d, want 200", path, code)
@@ -161,6 +195,41 @@ func TestLifecycle(t *testing.T, s Service) {
 			})
 		}
 	})
+}
+
+// checkCallers calls every listed method as each identity of the PKI and a
+// stranger (another certificate of the same CA) and checks that exactly the
+// expected callers get past the identity check. Requests are empty: a
+// caller that gets past the check may get any other error.
+func checkCallers(t *testing.T, pki *PKI, addrs map[string]string, callers map[string]map[string]Caller) {
+	t.Helper()
+	stranger, err := pki.CA.WriteFiles(pki.Dir, "stranger", testca.Request{CommonName: "stranger", Usage: testca.Client})
+	if err != nil {
+		t.Fatal(err)
+	}
+	strangerTLS, err := tlsreload.Load(stranger)
+	if err != nil {
+		t.Fatal(err)
+	}
+	identities := map[Caller]*tlsreload.Source{Peer: pki.Peer, Operator: pki.Client, "stranger": strangerTLS}
+	for server, methods := range callers {
+		for method, want := range methods {
+			for who, src := range identities {
+				conn, err := grpc.NewClient(addrs[server], grpc.WithTransportCredentials(credentials.NewTLS(src.ClientConfig("127.0.0.1"))))
+				if err != nil {
+					t.Fatal(err)
+				}
+				ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+				err = conn.Invoke(ctx, method, &emptypb.Empty{}, &emptypb.Empty{})
+				cancel()
+				conn.Close()
+				denied := status.Code(err) == codes.PermissionDenied
+				if allowed := want == AnyClient || who == want; allowed == denied {
+					t.Errorf("%s %s as %s: %v; want allowed=%v", server, method, who, err, allowed)
+				}
+			}
+		}
+	}
 }
 
 func lastLine(s string) string {

@@ -29,18 +29,29 @@ type GRPCOptions struct {
 	TLS *tls.Config
 	// Logger receives recovered panics.
 	Logger *slog.Logger
+	// Callers says which client identities may call which methods;
+	// required (a method no rule covers is refused to everybody).
+	Callers Callers
 	// Extra are appended to the defaults (interceptors, limits).
 	Extra []grpc.ServerOption
 }
 
 // NewGRPCServer returns a gRPC server with TLS, OpenTelemetry stats,
-// panic recovery, keepalive enforcement, the grpc.health.v1 service and
-// server reflection (for grpcurl). The health server reports SERVING for
+// panic recovery, the callers' identity check, keepalive enforcement, the
+// grpc.health.v1 service and server reflection (for grpcurl). The health server reports SERVING for
 // the empty service name; callers set per-service status on it.
 func NewGRPCServer(opts GRPCOptions) (*grpc.Server, *health.Server, error) {
 	if opts.TLS == nil {
 		return nil, nil, errors.New("serve: gRPC server needs a TLS configuration")
 	}
+	if verifies := opts.TLS.ClientAuth == tls.RequireAndVerifyClientCert ||
+		opts.TLS.ClientAuth == tls.RequireAnyClientCert && opts.TLS.VerifyConnection != nil; !verifies {
+		return nil, nil, errors.New("serve: gRPC server needs a TLS configuration that requires and verifies client certificates")
+	}
+	if opts.Callers == nil {
+		return nil, nil, errors.New("serve: gRPC server needs its callers")
+	}
+	checkUnary, checkStream := opts.Callers.interceptors()
 	log := opts.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -48,8 +59,8 @@ func NewGRPCServer(opts GRPCOptions) (*grpc.Server, *health.Server, error) {
 	serverOpts := append([]grpc.ServerOption{
 		grpc.Creds(credentials.NewTLS(opts.TLS)),
 		grpc.StatsHandler(otelgrpc.NewServerHandler()),
-		grpc.ChainUnaryInterceptor(recoverUnary(log)),
-		grpc.ChainStreamInterceptor(recoverStream(log)),
+		grpc.ChainUnaryInterceptor(recoverUnary(log), checkUnary),
+		grpc.ChainStreamInterceptor(recoverStream(log), checkStream),
 		grpc.MaxRecvMsgSize(4 << 20),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionIdle: 5 * time.Minute}),

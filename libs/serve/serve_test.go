@@ -50,7 +50,7 @@ func newPKI(t *testing.T) pki {
 
 func TestGRPCHealthReflectionAndGracefulStop(t *testing.T) {
 	p := newPKI(t)
-	srv, health, err := serve.NewGRPCServer(serve.GRPCOptions{TLS: p.server.ServerConfig(true)})
+	srv, health, err := serve.NewGRPCServer(serve.GRPCOptions{TLS: p.server.ServerConfig(true), Callers: serve.AnyVerifiedClient()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -107,7 +107,7 @@ func TestGRPCHealthReflectionAndGracefulStop(t *testing.T) {
 
 func TestGRPCRefusesClientWithoutCertificate(t *testing.T) {
 	p := newPKI(t)
-	srv, health, err := serve.NewGRPCServer(serve.GRPCOptions{TLS: p.server.ServerConfig(true)})
+	srv, health, err := serve.NewGRPCServer(serve.GRPCOptions{TLS: p.server.ServerConfig(true), Callers: serve.AnyVerifiedClient()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -131,9 +131,23 @@ func TestGRPCRefusesClientWithoutCertificate(t *testing.T) {
 	}
 }
 
-func TestNewGRPCServerNeedsTLS(t *testing.T) {
-	if _, _, err := serve.NewGRPCServer(serve.GRPCOptions{}); err == nil {
-		t.Fatal("NewGRPCServer without TLS succeeded")
+func TestNewGRPCServerNeedsTLSAndCallers(t *testing.T) {
+	p := newPKI(t)
+	tests := []struct {
+		name string
+		opts serve.GRPCOptions
+		want string
+	}{
+		{"no TLS", serve.GRPCOptions{Callers: serve.AnyVerifiedClient()}, "needs a TLS configuration"},
+		{"client certificates not verified", serve.GRPCOptions{TLS: p.server.ServerConfig(false), Callers: serve.AnyVerifiedClient()}, "verifies client certificates"},
+		{"no callers", serve.GRPCOptions{TLS: p.server.ServerConfig(true)}, "needs its callers"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if _, _, err := serve.NewGRPCServer(tt.opts); err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("NewGRPCServer() error = %v, want %q", err, tt.want)
+			}
+		})
 	}
 }
 

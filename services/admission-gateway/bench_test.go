@@ -60,7 +60,7 @@ func BenchmarkReviewHTTPS(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer func() { _ = tel.Shutdown(context.Background()) }()
-	conn, err := resolverclient.Dial(resolverAddr, pki.Client.ClientConfig("127.0.0.1"))
+	conn, err := resolverclient.Dial(resolverAddr, pki.Peer.ClientConfig("127.0.0.1"))
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -3,6 +3,7 @@ package main
 import (
 	"testing"
 
+	admissiongatewayv1 "github.com/piggysec/piggy/libs/gen/piggy/admissiongateway/v1"
 	"github.com/piggysec/piggy/libs/proctest"
 )
 
@@ -14,5 +15,8 @@ func TestLifecycle(t *testing.T) {
 		GRPC:  map[string]string{"grpc": "grpc-address"},
 		HTTPS: map[string]string{"webhook": "listen-address"},
 		Args:  []string{"--kubeconfig", proctest.UnreachableKubeconfig(t)},
+		Callers: map[string]map[string]proctest.Caller{"grpc": {
+			admissiongatewayv1.AdmissionGatewayService_ExplainPod_FullMethodName: proctest.Operator,
+		}},
 	})
 }

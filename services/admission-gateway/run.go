@@ -54,7 +54,8 @@ func run(ctx context.Context, args []string, lookup flagenv.Lookup) error {
 		return d.Abort(err)
 	}
 
-	grpcServer, health, err := d.NewGRPCServer()
+	grpcServer, health, err := d.NewGRPCServer(serve.Callers{}.
+		Allow(d.Operators(), admissiongatewayv1.AdmissionGatewayService_ExplainPod_FullMethodName))
 	if err != nil {
 		return d.Abort(err)
 	}

@@ -32,7 +32,7 @@ func TestProcessResolvesAndExportsMetrics(t *testing.T) {
 	p := proctest.Start(t, bin, args, nil)
 	addrs := p.Addresses(t, "grpc", "metrics")
 
-	conn, err := grpc.NewClient(addrs["grpc"], grpc.WithTransportCredentials(credentials.NewTLS(pki.Client.ClientConfig("127.0.0.1"))))
+	conn, err := grpc.NewClient(addrs["grpc"], grpc.WithTransportCredentials(credentials.NewTLS(pki.Peer.ClientConfig("127.0.0.1"))))
 	if err != nil {
 		t.Fatal(err)
 	}

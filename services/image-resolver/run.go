@@ -18,6 +18,7 @@ import (
 	"github.com/piggysec/piggy/libs/daemon"
 	"github.com/piggysec/piggy/libs/flagenv"
 	imageresolverv1 "github.com/piggysec/piggy/libs/gen/piggy/imageresolver/v1"
+	"github.com/piggysec/piggy/libs/serve"
 	"github.com/piggysec/piggy/services/image-resolver/internal/config"
 	"github.com/piggysec/piggy/services/image-resolver/internal/ecrauth"
 	"github.com/piggysec/piggy/services/image-resolver/internal/grpcapi"
@@ -69,7 +70,10 @@ func run(ctx context.Context, args []string, lookup flagenv.Lookup) error {
 	if err != nil {
 		return d.Abort(err)
 	}
-	grpcServer, health, err := d.NewGRPCServer(grpc.NumStreamWorkers(streamWorkers()),
+	callers := serve.Callers{}.
+		Allow(cfg.GatewayIdentities, imageresolverv1.ImageResolverService_ResolveImage_FullMethodName).
+		Allow(d.Operators(), imageresolverv1.ImageResolverService_ExplainImage_FullMethodName, imageresolverv1.ImageResolverService_GetCacheStats_FullMethodName)
+	grpcServer, health, err := d.NewGRPCServer(callers, grpc.NumStreamWorkers(streamWorkers()),
 		grpc.InitialWindowSize(windowSize), grpc.InitialConnWindowSize(windowSize))
 	if err != nil {
 		return d.Abort(err)

@@ -3,6 +3,7 @@ package main
 import (
 	"testing"
 
+	secretbrokerv1 "github.com/piggysec/piggy/libs/gen/piggy/secretbroker/v1"
 	"github.com/piggysec/piggy/libs/proctest"
 )
 
@@ -14,5 +15,11 @@ func TestLifecycle(t *testing.T) {
 		GRPC:  map[string]string{"grpc": "grpc-address"},
 		HTTPS: map[string]string{"gateway": "listen-address"},
 		Args:  []string{"--kubeconfig", proctest.UnreachableKubeconfig(t)},
+		Callers: map[string]map[string]proctest.Caller{"grpc": {
+			// GetSecrets authenticates by the pod token in the request.
+			secretbrokerv1.SecretBrokerService_GetSecrets_FullMethodName:    proctest.AnyClient,
+			secretbrokerv1.SecretBrokerService_ExplainAccess_FullMethodName: proctest.Operator,
+			secretbrokerv1.SecretBrokerService_GetCacheStats_FullMethodName: proctest.Operator,
+		}},
 	})
 }

@@ -113,7 +113,12 @@ func wire(d *daemon.Daemon, cfg config.Config) error {
 	// across requests instead of starting one per RPC; grpc-go starts a
 	// goroutine anyway when every worker is busy, so the pool is sized for
 	// the requests in flight at once, not for the processors.
-	grpcServer, health, err := d.NewGRPCServer(
+	// GetSecrets authenticates its caller by the pod token it carries, so
+	// any client of the CA may ask (the JSON gateway does, over loopback);
+	// the diagnostics are for operators.
+	callers := serve.Callers{serve.AllMethods: {serve.Anyone}}.
+		Allow(d.Operators(), secretbrokerv1.SecretBrokerService_ExplainAccess_FullMethodName, secretbrokerv1.SecretBrokerService_GetCacheStats_FullMethodName)
+	grpcServer, health, err := d.NewGRPCServer(callers,
 		grpc.NumStreamWorkers(uint32(streamWorkersPerProc*runtime.GOMAXPROCS(0))),
 		// Fixed windows turn off grpc-go's bandwidth estimation, whose pings
 		// are overhead for the broker's small messages.

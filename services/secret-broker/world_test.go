@@ -251,7 +251,7 @@ current-context: c
 	if err != nil {
 		t.Fatal(err)
 	}
-	clientFiles, err := w.ca.WriteFiles(w.dir, "operator", testca.Request{CommonName: "operator", Usage: testca.Client})
+	clientFiles, err := w.ca.WriteFiles(w.dir, "operator", testca.Request{CommonName: "piggy-operator", Usage: testca.Client})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -41,7 +41,7 @@ func client(t *testing.T) admissiongatewayv1.AdmissionGatewayServiceClient {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, h, err := serve.NewGRPCServer(serve.GRPCOptions{TLS: src.ServerConfig(true)})
+	s, h, err := serve.NewGRPCServer(serve.GRPCOptions{TLS: src.ServerConfig(true), Callers: serve.AnyVerifiedClient()})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -64,7 +64,7 @@ func dial(t *testing.T, r *resolver) *Client {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, h, err := serve.NewGRPCServer(serve.GRPCOptions{TLS: src.ServerConfig(true)})
+	s, h, err := serve.NewGRPCServer(serve.GRPCOptions{TLS: src.ServerConfig(true), Callers: serve.AnyVerifiedClient()})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -39,10 +39,17 @@ const (
 )
 
 // Config is the image-resolver's complete configuration.
+// DefaultGatewayIdentity is the admission-gateway's certificate name the
+// resolver expects by default.
+const DefaultGatewayIdentity = "piggy-admission-gateway"
+
 type Config struct {
 	daemon.Settings
 	// GRPCAddress serves ImageResolverService, health and reflection over mTLS.
 	GRPCAddress string
+	// GatewayIdentities are the client certificate names (DNS/URI SAN or
+	// common name) that may call ResolveImage: the admission-gateway's.
+	GatewayIdentities flagenv.List
 
 	// DefaultPlatform fills the platform fields a request leaves empty.
 	DefaultPlatform resolve.Platform
@@ -86,6 +93,8 @@ func Load(args []string, lookup flagenv.Lookup, output io.Writer) (Config, error
 	fs.SetOutput(output)
 	c.Settings.Register(fs)
 	fs.StringVar(&c.GRPCAddress, "grpc-address", ":9443", "mTLS gRPC address of ImageResolverService, health and reflection")
+	c.GatewayIdentities = flagenv.List{DefaultGatewayIdentity}
+	fs.Var(&c.GatewayIdentities, "gateway-identities", "comma-separated client certificate names (DNS/URI SAN or common name) that may call ResolveImage (the admission-gateway's); diagnostics RPCs take --operator-identities")
 	fs.StringVar(&platform, "default-platform", "linux/amd64", "platform (os/architecture[/variant]) used for the fields a request leaves empty")
 	fs.StringVar(&insecure, "insecure-registries", "", "comma-separated host[:port] list of registries a request with skip_tls_verify may reach without TLS verification or over plain HTTP")
 	fs.StringVar(&c.RegistryCAFile, "registry-ca-file", "", "PEM CA bundle trusted for registry TLS in addition to the system roots (read at start)")

@@ -75,7 +75,7 @@ func startGRPC(t testing.TB, r grpcapi.Resolver) (string, *proctest.PKI) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, h, err := serve.NewGRPCServer(serve.GRPCOptions{TLS: src.ServerConfig(true)})
+	s, h, err := serve.NewGRPCServer(serve.GRPCOptions{TLS: src.ServerConfig(true), Callers: serve.AnyVerifiedClient()})
 	if err != nil {
 		t.Fatal(err)
 	}

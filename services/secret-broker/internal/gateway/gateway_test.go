@@ -82,7 +82,7 @@ func start(t *testing.T) *env {
 		t.Fatal(err)
 	}
 	fb := &fakeBroker{got: make(chan broker.Request, 10), traces: make(chan trace.TraceID, 10)}
-	gs, health, err := serve.NewGRPCServer(serve.GRPCOptions{TLS: src.ServerConfig(true), Logger: slog.New(slog.DiscardHandler)})
+	gs, health, err := serve.NewGRPCServer(serve.GRPCOptions{TLS: src.ServerConfig(true), Logger: slog.New(slog.DiscardHandler), Callers: serve.AnyVerifiedClient()})
 	if err != nil {
 		t.Fatal(err)
 	}
