@@ -54,7 +54,7 @@ type stack struct {
 
 const privateUser, privatePassword = "puller", "s3cret-pull"
 
-func startStack(t *testing.T, label string, resolverAddr string) *stack {
+func startStack(t *testing.T, label string, resolverAddr string, gatewayArgs ...string) *stack {
 	t.Helper()
 	c := kube.Cluster(t)
 	s := &stack{cs: c.Clientset(), pki: proctest.NewPKI(t), label: label}
@@ -80,7 +80,7 @@ func startStack(t *testing.T, label string, resolverAddr string) *stack {
 			"--kubeconfig", c.KubeconfigPath(), "--registry-ca-file", caFile), nil)
 		resolverAddr = resolver.Addresses(t, "grpc")["grpc"]
 	}
-	s.gateway = proctest.Start(t, proctest.Build(t, "."), append(s.pki.TLSArgs(),
+	s.gateway = proctest.Start(t, proctest.Build(t, "."), append(append(s.pki.TLSArgs(), gatewayArgs...),
 		"--listen-address=127.0.0.1:0", "--grpc-address=127.0.0.1:0", "--metrics-address=127.0.0.1:0",
 		"--kubeconfig", c.KubeconfigPath(), "--image-resolver-address", resolverAddr,
 		"--image-resolver-timeout=2s", "--broker-ca-file", s.pki.Service.CAFile),

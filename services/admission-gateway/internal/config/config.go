@@ -16,6 +16,7 @@ import (
 	"github.com/piggysec/piggy/libs/daemon"
 	"github.com/piggysec/piggy/libs/flagenv"
 	"github.com/piggysec/piggy/libs/podsettings"
+	"github.com/piggysec/piggy/services/admission-gateway/internal/brokeraddr"
 	"github.com/piggysec/piggy/services/admission-gateway/internal/mutate"
 )
 
@@ -61,7 +62,7 @@ func Load(args []string, lookup flagenv.Lookup, output io.Writer) (Config, error
 	fs.StringVar(&c.Kubeconfig, "kubeconfig", "", "kubeconfig file; empty uses the in-cluster configuration")
 	fs.StringVar(&c.ImageResolverAddress, "image-resolver-address", "", "host:port of the image-resolver (mTLS); empty denies pods whose containers need their image's command")
 	fs.DurationVar(&resolveTimeout, "image-resolver-timeout", 3*time.Second, "deadline of one image lookup; keep it well inside the webhook timeout")
-	fs.StringVar(&allowed, "allowed-piggy-addresses", "", "comma-separated broker URLs pods may use (an entry ending in * allows a prefix); defaults to PIGGY_ADDRESS")
+	fs.StringVar(&allowed, "allowed-piggy-addresses", "", "comma-separated broker URLs pods may use, compared by scheme, host, port and path (https://*.piggy.svc:8443 allows one leftmost DNS label); defaults to PIGGY_ADDRESS")
 	fs.StringVar(&brokerCAFile, "broker-ca-file", "", "PEM CA bundle piggy-env verifies the broker with (delivered to pods); empty uses the system roots")
 	fs.BoolVar(&skipVerify, "piggy-env-skip-verify-tls", false, "let piggy-env skip verification of the broker's certificate (operator decision; not for production)")
 	fs.StringVar(&tokenAudience, "token-audience", "piggy", "audience of the projected service-account token piggy-env presents to the broker")
@@ -95,6 +96,9 @@ func Load(args []string, lookup flagenv.Lookup, output io.Writer) (Config, error
 		if a := defaults.Values[podsettings.PiggyAddress]; a != "" {
 			m.AllowedAddresses = []string{a}
 		}
+	}
+	if _, err := brokeraddr.ParsePatterns(m.AllowedAddresses); err != nil {
+		errs = append(errs, fmt.Errorf("--allowed-piggy-addresses: %w", err))
 	}
 	if installUID >= 0 {
 		m.InstallRunAsUser = &installUID

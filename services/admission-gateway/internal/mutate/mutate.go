@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -18,6 +17,7 @@ import (
 
 	"github.com/piggysec/piggy/libs/podidentity"
 	"github.com/piggysec/piggy/libs/podsettings"
+	"github.com/piggysec/piggy/services/admission-gateway/internal/brokeraddr"
 )
 
 // Names and paths of what Piggy adds to a pod.
@@ -58,8 +58,11 @@ type Config struct {
 	// BrokerCABundle is the PEM bundle piggy-env verifies the broker with;
 	// empty means the system roots.
 	BrokerCABundle string
-	// AllowedAddresses are the broker URLs pods may use; an entry ending in
-	// "*" allows every URL with that prefix.
+	// AllowedAddresses are the broker URLs pods may use, as
+	// brokeraddr.ParsePattern reads them (scheme, host, port and path
+	// compared exactly; "*." as the leftmost label of the host stands for
+	// one label). Entries that do not parse allow nothing: config.Load
+	// refuses them.
 	AllowedAddresses []string
 	// SkipVerifyTLS lets piggy-env skip broker certificate verification.
 	SkipVerifyTLS bool
@@ -112,6 +115,7 @@ type Outcome struct {
 // Mutator builds mutations.
 type Mutator struct {
 	cfg      Config
+	allowed  []brokeraddr.Pattern
 	resolver ImageConfigResolver
 	env      EnvSource
 	newUID   func() string
@@ -139,6 +143,11 @@ func New(cfg Config, resolver ImageConfigResolver, env EnvSource) *Mutator {
 		cfg.ResolveTimeout = 3 * time.Second
 	}
 	m := &Mutator{cfg: cfg, resolver: resolver, env: env, newUID: podidentity.NewUID}
+	for _, a := range cfg.AllowedAddresses {
+		if p, err := brokeraddr.ParsePattern(a); err == nil {
+			m.allowed = append(m.allowed, p)
+		}
+	}
 	m.launcherVolume = mustJSON(corev1.Volume{Name: LauncherVolumeName, VolumeSource: corev1.VolumeSource{
 		EmptyDir: &corev1.EmptyDirVolumeSource{Medium: corev1.StorageMediumMemory, SizeLimit: ptr(resource.MustParse("32Mi"))},
 	}})
@@ -311,12 +320,12 @@ func (m *Mutator) checkAddress(addr string) string {
 		return fmt.Sprintf("piggy: no broker address: set the %s%s annotation (or the cluster default PIGGY_ADDRESS), or %s%s: \"true\"",
 			podsettings.Prefix, podsettings.PiggyAddress, podsettings.Prefix, podsettings.Standalone)
 	}
-	u, err := url.Parse(addr)
-	if err != nil || u.Scheme != "https" || u.Host == "" {
-		return fmt.Sprintf("piggy: %s%s %q is not an https:// URL", podsettings.Prefix, podsettings.PiggyAddress, addr)
+	u, err := brokeraddr.Parse(addr)
+	if err != nil {
+		return fmt.Sprintf("piggy: %s%s %s", podsettings.Prefix, podsettings.PiggyAddress, err)
 	}
-	for _, allowed := range m.cfg.AllowedAddresses {
-		if prefix, ok := strings.CutSuffix(allowed, "*"); ok && strings.HasPrefix(addr, prefix) || addr == allowed {
+	for _, allowed := range m.allowed {
+		if allowed.Match(u) {
 			return ""
 		}
 	}

@@ -299,7 +299,7 @@ func TestDecisions(t *testing.T) {
 		},
 		{
 			name:       "plain http address",
-			cfg:        Config{AllowedAddresses: []string{"http://*"}},
+			cfg:        Config{AllowedAddresses: []string{"https://broker"}},
 			pod:        `{"metadata": {"name": "web", "annotations": {"piggysec.com/piggy-address": "http://broker"}}, "spec": {"containers": [{"name": "app", "image": "a", "command": ["/a"], "env": [{"name": "A", "value": "piggy:A"}]}]}}`,
 			wantDenied: "is not an https:// URL",
 		},
