@@ -56,6 +56,12 @@ type Registry struct {
 	counts map[string]int
 	delay  time.Duration
 	fault  ManifestFault
+	raw    map[string]rawManifest // "/v2/<repo>/manifests/<tag>" -> what to serve
+}
+
+type rawManifest struct {
+	mediaType string
+	body      []byte
 }
 
 // ManifestFault is a way manifest requests misbehave (see SetManifestFault).
@@ -82,6 +88,17 @@ func New(t testing.TB, opts Options) *Registry {
 		r.counts[req.Method+" "+req.URL.Path]++
 		delay, fault := r.delay, r.fault
 		r.mu.Unlock()
+		r.mu.Lock()
+		raw, isRaw := r.raw[req.URL.Path]
+		r.mu.Unlock()
+		if isRaw && (req.Method == http.MethodGet || req.Method == http.MethodHead) {
+			w.Header().Set("Content-Type", raw.mediaType)
+			w.Header().Set("Content-Length", fmt.Sprint(len(raw.body)))
+			if req.Method == http.MethodGet {
+				_, _ = w.Write(raw.body)
+			}
+			return
+		}
 		if strings.Contains(req.URL.Path, "/manifests/") {
 			if delay > 0 {
 				select {
@@ -135,6 +152,19 @@ func (r *Registry) SetManifestDelay(d time.Duration) {
 	r.mu.Lock()
 	r.delay = d
 	r.mu.Unlock()
+}
+
+// ServeRawManifest answers GET and HEAD of repoTag's manifest with body as
+// mediaType, as a registry under an attacker's control may: the registry's
+// own checks (an index's children must exist) do not apply.
+func (r *Registry) ServeRawManifest(repoTag, mediaType string, body []byte) {
+	repo, tag, _ := strings.Cut(repoTag, ":")
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.raw == nil {
+		r.raw = map[string]rawManifest{}
+	}
+	r.raw["/v2/"+repo+"/manifests/"+tag] = rawManifest{mediaType: mediaType, body: body}
 }
 
 // SetManifestFault makes every manifest request misbehave as f says

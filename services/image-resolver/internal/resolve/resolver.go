@@ -118,7 +118,7 @@ type Resolver struct {
 	transports transports
 	refs       *cache.LRU[refKey, parsedRef]
 	tags       *cache.LRU[string, tagEntry]
-	configs    *cache.LRU[v1.Hash, imageConfig]
+	configs    *cache.LRU[configKey, imageConfig]
 	flight     singleflight.Group
 	lookups    metric.Int64Counter
 }
@@ -195,7 +195,7 @@ func New(opts Options) (*Resolver, error) {
 		transports: newTransports(opts.RootCAs, latency),
 		refs:       cache.New[refKey, parsedRef](opts.TagCacheSize, 0, opts.Now),
 		tags:       cache.New[string, tagEntry](opts.TagCacheSize, opts.TagTTL, opts.Now),
-		configs:    cache.New[v1.Hash, imageConfig](opts.ConfigCacheSize, 0, opts.Now),
+		configs:    cache.New[configKey, imageConfig](opts.ConfigCacheSize, 0, opts.Now),
 		lookups:    lookups,
 	}
 	if err := r.registerCacheMetrics(meter); err != nil {
@@ -316,6 +316,23 @@ var (
 )
 
 // target is a parsed, validated request.
+// configKey keys the config cache by repository and digest. A digest
+// alone is not enough: the digest of an index's child comes from whoever
+// served the index, so any registry could name the digest of another
+// tenant's private image and be answered from the cache. Within one
+// repository, a caller that read the tag or index with its own
+// credentials (the tag cache is keyed by them) has access to the images
+// the repository holds; another repository must serve the image itself,
+// which go-containerregistry checks against the digest.
+type configKey struct {
+	repository string // registry/repository
+	digest     v1.Hash
+}
+
+func (t target) configKey(digest v1.Hash) configKey {
+	return configKey{repository: t.ref.Context().Name(), digest: digest}
+}
+
 type target struct {
 	ref      name.Reference
 	name     string // ref.Name()
@@ -363,7 +380,7 @@ func (r *Resolver) lookup(ctx context.Context, req Request, st *steps) (res Resu
 			st.add("tag cache: hit on a failure cached for at most %s", r.negTTL)
 			return Result{}, e.platforms, e.err
 		}
-		if cfg, ok := r.configs.Get(e.digest); ok {
+		if cfg, ok := r.configs.Get(t.configKey(e.digest)); ok {
 			if st != nil {
 				st.add("tag cache: hit (%s)", e.digest)
 				st.add("config cache: hit")
@@ -548,7 +565,7 @@ func (r *Resolver) fetch(callerCtx context.Context, t target, creds keychain.Can
 	// A lookup that missed the cache just before another one filled it
 	// must not go to the registry again.
 	if e, ok := r.tags.Peek(key); ok && e.err == nil {
-		if cfg, ok := r.configs.Peek(e.digest); ok {
+		if cfg, ok := r.configs.Peek(t.configKey(e.digest)); ok {
 			f.steps.add("an identical lookup just filled the cache")
 			f.entry, f.config = e, cfg
 			return f
@@ -661,9 +678,10 @@ func (r *Resolver) read(ctx context.Context, t target, c keychain.Candidate, st 
 		return tagEntry{}, imageConfig{}, newError(ErrFailedPrecondition, nil, "image %s has unsupported media type %s", t.name, desc.MediaType)
 	}
 
-	// The manifest (or the index naming it) was just read with the caller's
-	// credentials: the shared config cache may answer for this digest.
-	if cfg, ok := r.configs.Get(entry.digest); ok {
+	// The manifest (or the index naming it) was just read from this
+	// repository with the caller's credentials: the config cache may answer
+	// for this digest in this repository (see configKey).
+	if cfg, ok := r.configs.Get(t.configKey(entry.digest)); ok {
 		st.add("config cache: hit")
 		return entry, cfg, nil
 	}
@@ -681,6 +699,6 @@ func (r *Resolver) read(ctx context.Context, t target, c keychain.Candidate, st 
 		cmd:        cf.Config.Cmd,
 		platform:   Platform{OS: cf.OS, Architecture: cf.Architecture, Variant: cf.Variant},
 	}
-	r.configs.Add(entry.digest, cfg)
+	r.configs.Add(t.configKey(entry.digest), cfg)
 	return entry, cfg, nil
 }
