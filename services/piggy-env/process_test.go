@@ -726,8 +726,18 @@ func TestBinaryDependencies(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, dep := range info.Deps {
-		if !strings.HasPrefix(dep.Path, "github.com/aws/") {
+		if !strings.HasPrefix(dep.Path, "github.com/aws/") && dep.Path != "github.com/piggysec/piggy/libs" {
 			t.Errorf("piggy-env links %s %s", dep.Path, dep.Version)
+		}
+	}
+	// Of libs, only stdlib-only packages may be linked.
+	out, err := exec.Command("go", "list", "-deps", "-f", "{{.ImportPath}}", ".").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, pkg := range strings.Fields(string(out)) {
+		if strings.HasPrefix(pkg, "github.com/piggysec/piggy/libs/") && pkg != "github.com/piggysec/piggy/libs/awsbody" {
+			t.Errorf("piggy-env links %s; only the stdlib-only libs/awsbody is allowed", pkg)
 		}
 	}
 	for _, s := range info.Settings {
