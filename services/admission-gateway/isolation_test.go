@@ -1,12 +1,15 @@
 package main
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/piggysec/piggy/libs/proctest"
+	"github.com/piggysec/piggy/libs/registrytest"
 )
 
 // TestBrokerAddressAllowlist is the admission issue's allowlist attack,
@@ -49,4 +52,42 @@ func TestBrokerAddressAllowlist(t *testing.T) {
 			t.Errorf("exit %d, stderr %q; want 2 and the wildcard rule", code, stderr)
 		}
 	})
+}
+
+// TestPullSecretOfAnotherNamespace is the admission issue's cross-namespace
+// pull secret attack, through the real apiserver: a pod in one namespace
+// names a pull secret of another namespace, whose image it could otherwise
+// read the private command of (and learn whether the Secret exists). The
+// pod is denied with one message whether or not the Secret exists.
+func TestPullSecretOfAnotherNamespace(t *testing.T) {
+	s := startStack(t, "pullsecret", "")
+	victim, attacker := s.namespace(t, nil), s.namespace(t, nil)
+	if _, err := s.cs.CoreV1().Secrets(victim).Create(t.Context(), registrytest.DockerConfigJSONSecret(victim, "regcred", s.private.Host, privateUser, privatePassword), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	s.private.Push(t, "victim-app:1", registrytest.Image(t, "linux/amd64", []string{"/victim-entry", "--token=private"}, nil))
+
+	var messages []string
+	for i, secret := range []string{"regcred", "no-such-secret"} {
+		pod := appPod(attacker, fmt.Sprintf("thief-%d", i), map[string]string{
+			"piggysec.com/aws-secret-name":             "team/app",
+			"piggysec.com/image-pull-secret":           secret,
+			"piggysec.com/image-pull-secret-namespace": victim,
+		}, corev1.Container{Image: s.private.Ref("victim-app:1"), Env: env("A", "piggy:A")})
+		p, err := s.create(t, pod)
+		if err == nil {
+			t.Fatalf("pull secret %s/%s: admitted, args %q", victim, secret, p.Spec.Containers[0].Args)
+		}
+		if strings.Contains(err.Error(), "victim-entry") {
+			t.Errorf("the denial shows the victim's command: %v", err)
+		}
+		want := fmt.Sprintf(`pull secrets come from the pod's own namespace %q; namespace %q is not one the cluster operator shares pull secrets from`, attacker, victim)
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("pull secret %s/%s: error %v, want %q", victim, secret, err, want)
+		}
+		messages = append(messages, strings.ReplaceAll(err.Error(), pod.Name, "<pod>"))
+	}
+	if messages[0] != messages[1] {
+		t.Errorf("an existing and a missing Secret are told apart:\n%s\n%s", messages[0], messages[1])
+	}
 }

@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -53,6 +54,7 @@ func Load(args []string, lookup flagenv.Lookup, output io.Writer) (Config, error
 		tokenExpiry    time.Duration
 		resolveTimeout time.Duration
 		skipVerify     bool
+		pullSecretNS   flagenv.List
 	)
 	fs := flag.NewFlagSet("admission-gateway", flag.ContinueOnError)
 	fs.SetOutput(output)
@@ -69,6 +71,7 @@ func Load(args []string, lookup flagenv.Lookup, output io.Writer) (Config, error
 	fs.DurationVar(&tokenExpiry, "token-expiration", 10*time.Minute, "lifetime of the projected token (at least 10m)")
 	fs.StringVar(&onResolveFail, "on-resolve-failure", string(mutate.DenyOnResolveFailure), "when an image's command cannot be read: deny the pod, or admit it unmutated with a warning")
 	fs.Int64Var(&installUID, "install-run-as-user", 65532, "UID of the install init container; -1 leaves it to the image and pod")
+	fs.Var(&pullSecretNS, "pull-secret-namespaces", "comma-separated namespaces, besides the pod's own, whose pull secrets pods may name in piggysec.com/image-pull-secret-namespace (the IMAGE_PULL_SECRET_NAMESPACE default is always one); empty: none")
 	fs.StringVar(&locked, "locked-settings", "", "comma-separated annotation names (without prefix) whose cluster default pods cannot override")
 	if err := flagenv.Parse(fs, "", args, lookup); err != nil {
 		return Config{}, &daemon.UsageError{Err: err}
@@ -80,14 +83,15 @@ func Load(args []string, lookup flagenv.Lookup, output io.Writer) (Config, error
 	}
 	defaults := podsettings.LoadDefaults(lookup.Getenv, splitList(locked))
 	m := mutate.Config{
-		Defaults:         defaults,
-		EnvImage:         DefaultEnvImage,
-		TokenAudience:    tokenAudience,
-		TokenExpiration:  tokenExpiry,
-		AllowedAddresses: splitList(allowed),
-		SkipVerifyTLS:    skipVerify,
-		OnResolveFailure: mutate.ResolveFailurePolicy(onResolveFail),
-		ResolveTimeout:   resolveTimeout,
+		Defaults:             defaults,
+		EnvImage:             DefaultEnvImage,
+		TokenAudience:        tokenAudience,
+		TokenExpiration:      tokenExpiry,
+		AllowedAddresses:     splitList(allowed),
+		SkipVerifyTLS:        skipVerify,
+		PullSecretNamespaces: pullSecretNS,
+		OnResolveFailure:     mutate.ResolveFailurePolicy(onResolveFail),
+		ResolveTimeout:       resolveTimeout,
 	}
 	if img := defaults.Values[podsettings.PiggyEnvImage]; img != "" {
 		m.EnvImage = img
@@ -96,6 +100,10 @@ func Load(args []string, lookup flagenv.Lookup, output io.Writer) (Config, error
 		if a := defaults.Values[podsettings.PiggyAddress]; a != "" {
 			m.AllowedAddresses = []string{a}
 		}
+	}
+	// The operator's own default namespace is a namespace the operator named.
+	if ns := defaults.Values[podsettings.ImagePullSecretNamespace]; ns != "" && !slices.Contains(m.PullSecretNamespaces, ns) {
+		m.PullSecretNamespaces = append(m.PullSecretNamespaces, ns)
 	}
 	if _, err := brokeraddr.ParsePatterns(m.AllowedAddresses); err != nil {
 		errs = append(errs, fmt.Errorf("--allowed-piggy-addresses: %w", err))

@@ -4,6 +4,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -32,6 +33,20 @@ func TestDefaults(t *testing.T) {
 	}
 	if m.Defaults.Values["aws-region"] != "eu-west-1" {
 		t.Errorf("cluster-wide defaults = %v", m.Defaults.Values)
+	}
+}
+
+func TestPullSecretNamespaces(t *testing.T) {
+	c, err := load(t, nil, nil)
+	if err != nil || len(c.Mutation.PullSecretNamespaces) != 0 {
+		t.Fatalf("Load = %v, namespaces %v; want none by default", err, c.Mutation.PullSecretNamespaces)
+	}
+	c, err = load(t, []string{"--pull-secret-namespaces", "registry-creds, ci"}, map[string]string{"IMAGE_PULL_SECRET_NAMESPACE": "shared"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := c.Mutation.PullSecretNamespaces, []string{"registry-creds", "ci", "shared"}; !slices.Equal(got, want) {
+		t.Errorf("namespaces = %v, want %v (the flag and the operator's default)", got, want)
 	}
 }
 

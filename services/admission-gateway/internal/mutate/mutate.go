@@ -66,6 +66,10 @@ type Config struct {
 	AllowedAddresses []string
 	// SkipVerifyTLS lets piggy-env skip broker certificate verification.
 	SkipVerifyTLS bool
+	// PullSecretNamespaces are the namespaces, besides the pod's own, that
+	// piggysec.com/image-pull-secret-namespace may name. Empty: pull
+	// secrets come only from the pod's namespace.
+	PullSecretNamespaces []string
 	// OnResolveFailure is the policy for unreadable image configurations.
 	OnResolveFailure ResolveFailurePolicy
 	// InstallRunAsUser is the install container's UID; nil leaves it to
@@ -217,6 +221,10 @@ func (m *Mutator) Mutate(ctx context.Context, pod *corev1.Pod, namespace string)
 			return out
 		}
 	}
+	if msg := m.checkPullSecretNamespace(s, namespace); msg != "" {
+		out.Denied = msg
+		return out
+	}
 	if s.Standalone && s.SecretName == "" && s.SSMParameterPath == "" {
 		s.SecretName = s.DefaultSecretName(namespace, sa)
 		out.Warnings = append(out.Warnings, fmt.Sprintf("piggy: no %s%s set; standalone mode reads the default secret %q", podsettings.Prefix, podsettings.AWSSecretName, s.SecretName))
@@ -331,6 +339,18 @@ func (m *Mutator) checkAddress(addr string) string {
 	}
 	return fmt.Sprintf("piggy: %s%s %q is not an allowed broker address (allowed: %s); ask your cluster operator",
 		podsettings.Prefix, podsettings.PiggyAddress, addr, strings.Join(m.cfg.AllowedAddresses, ", "))
+}
+
+// checkPullSecretNamespace refuses a pull secret of another namespace
+// unless the operator allows that namespace. The message names only what
+// the pod asked for: it never says whether anything exists there.
+func (m *Mutator) checkPullSecretNamespace(s podsettings.Settings, namespace string) string {
+	ns := s.PullSecretNamespace
+	if s.PullSecretName == "" || ns == "" || ns == namespace || slices.Contains(m.cfg.PullSecretNamespaces, ns) {
+		return ""
+	}
+	return fmt.Sprintf("piggy: annotation %s%s: pull secrets come from the pod's own namespace %q; namespace %q is not one the cluster operator shares pull secrets from",
+		podsettings.Prefix, podsettings.ImagePullSecretNamespace, namespace, ns)
 }
 
 // resolveCommands fills in the command line of every target, asking the

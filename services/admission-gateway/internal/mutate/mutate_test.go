@@ -322,6 +322,22 @@ func TestDecisions(t *testing.T) {
 			wantWarning: "admitted without Piggy by operator policy",
 		},
 		{
+			name:       "pull secret of another namespace",
+			pod:        `{"metadata": {"name": "web", "annotations": {"piggysec.com/piggy-address": "` + broker + `", "piggysec.com/image-pull-secret": "regcred", "piggysec.com/image-pull-secret-namespace": "other"}}, "spec": {"containers": [{"name": "app", "image": "a", "env": [{"name": "A", "value": "piggy:A"}]}]}}`,
+			wantDenied: `pull secrets come from the pod's own namespace "team"; namespace "other" is not one the cluster operator shares pull secrets from`,
+		},
+		{
+			name:      "pull secret of the pod's own namespace named explicitly",
+			pod:       `{"metadata": {"name": "web", "annotations": {"piggysec.com/piggy-address": "` + broker + `", "piggysec.com/image-pull-secret": "regcred", "piggysec.com/image-pull-secret-namespace": "team"}}, "spec": {"containers": [{"name": "app", "image": "a", "command": ["/a"], "env": [{"name": "A", "value": "piggy:A"}]}]}}`,
+			wantPatch: true,
+		},
+		{
+			name:      "pull secret of a namespace the operator shares",
+			cfg:       Config{PullSecretNamespaces: []string{"shared"}},
+			pod:       `{"metadata": {"name": "web", "annotations": {"piggysec.com/piggy-address": "` + broker + `", "piggysec.com/image-pull-secret": "regcred", "piggysec.com/image-pull-secret-namespace": "shared"}}, "spec": {"containers": [{"name": "app", "image": "a", "command": ["/a"], "env": [{"name": "A", "value": "piggy:A"}]}]}}`,
+			wantPatch: true,
+		},
+		{
 			name:       "missing ConfigMap that is not optional",
 			pod:        `{"metadata": {"name": "web", ` + annotated + `}, "spec": {"containers": [{"name": "app", "image": "a", "command": ["/a"], "envFrom": [{"configMapRef": {"name": "absent"}}]}]}}`,
 			wantDenied: `container "app": envFrom: ConfigMap team/absent not found`,
@@ -376,7 +392,7 @@ func TestDecisions(t *testing.T) {
 
 func TestLookupCarriesPullSecretsAndPlatform(t *testing.T) {
 	r := &fakeResolver{images: map[string]ImageConfig{"reg/app:1": {Entrypoint: []string{"/app"}}}}
-	m := newTestMutator(Config{}, r, fakeEnv{})
+	m := newTestMutator(Config{PullSecretNamespaces: []string{"shared"}}, r, fakeEnv{})
 	pod, _ := podJSON(t, `{"metadata": {"name": "web", "annotations": {"piggysec.com/piggy-address": "`+broker+`",
 			"piggysec.com/image-pull-secret": "extra", "piggysec.com/image-pull-secret-namespace": "shared", "piggysec.com/image-skip-verify-registry": "true"}},
 		"spec": {"serviceAccountName": "api", "imagePullSecrets": [{"name": "regcred"}], "nodeSelector": {"kubernetes.io/arch": "arm64"},
