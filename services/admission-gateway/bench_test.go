@@ -261,6 +261,6 @@ func (noEnvSource) ConfigMap(context.Context, string, string) (map[string]string
 	return nil, mutate.ErrNotFound
 }
 
-func (noEnvSource) Secret(context.Context, string, string) (map[string][]byte, error) {
+func (noEnvSource) Secret(context.Context, string, string) (map[string]string, error) {
 	return nil, mutate.ErrNotFound
 }

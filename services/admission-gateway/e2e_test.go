@@ -80,10 +80,11 @@ func startStack(t *testing.T, label string, resolverAddr string, gatewayArgs ...
 			"--kubeconfig", c.KubeconfigPath(), "--registry-ca-file", caFile), nil)
 		resolverAddr = resolver.Addresses(t, "grpc")["grpc"]
 	}
-	s.gateway = proctest.Start(t, proctest.Build(t, "."), append(append(s.pki.TLSArgs(), gatewayArgs...),
+	// gatewayArgs come last: they override the defaults here.
+	s.gateway = proctest.Start(t, proctest.Build(t, "."), append(append(s.pki.TLSArgs(),
 		"--listen-address=127.0.0.1:0", "--grpc-address=127.0.0.1:0", "--metrics-address=127.0.0.1:0",
 		"--kubeconfig", c.KubeconfigPath(), "--image-resolver-address", resolverAddr,
-		"--image-resolver-timeout=2s", "--broker-ca-file", s.pki.Service.CAFile),
+		"--image-resolver-timeout=2s", "--broker-ca-file", s.pki.Service.CAFile), gatewayArgs...),
 		[]string{"PIGGY_ADDRESS=" + brokerURL})
 	s.webhook = s.gateway.Addresses(t, "webhook")["webhook"]
 	s.register(t, "piggy-"+label, "https://"+s.webhook+"/mutate", s.pki.CA.CertPEM, admissionregistrationv1.IfNeededReinvocationPolicy)

@@ -1,13 +1,30 @@
 package main
 
 import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
+	"os"
+	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
+	admissionv1 "k8s.io/api/admission/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/rest"
 
+	"github.com/piggysec/piggy/libs/kubetest"
 	"github.com/piggysec/piggy/libs/proctest"
 	"github.com/piggysec/piggy/libs/registrytest"
 )
@@ -90,4 +107,163 @@ func TestPullSecretOfAnotherNamespace(t *testing.T) {
 	if messages[0] != messages[1] {
 		t.Errorf("an existing and a missing Secret are told apart:\n%s\n%s", messages[0], messages[1])
 	}
+}
+
+// TestConfigMapReadsUnderABurst is the admission issue's rollout through
+// the gateway's Kubernetes client: reviews that take env from ConfigMaps
+// arrive at once. Pods that share a ConfigMap cost one read (a short
+// cache, concurrent reads shared), and reviews that each need their own
+// ConfigMap are all answered within the API server's webhook timeout
+// (client-go's default limiter of 5 requests/s after a burst of 10 would
+// hold the 60th read for at least 10 s). The gateway's API requests are
+// counted by a proxy in front of the real apiserver.
+func TestConfigMapReadsUnderABurst(t *testing.T) {
+	proxy := startCountingProxy(t, kube.Cluster(t))
+	s := startStack(t, "burst", "", "--kubeconfig", proxy.kubeconfig, "--configmap-cache-ttl=1m")
+	ns := s.namespace(t, nil)
+	const distinct = 60
+	for i := range distinct + 1 {
+		name := fmt.Sprintf("cm-%d", i)
+		if i == distinct {
+			name = "shared"
+		}
+		cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}, Data: map[string]string{"A": "piggy:A"}}
+		if _, err := s.cs.CoreV1().ConfigMaps(ns).Create(t.Context(), cm, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pod := func(i int, configMap string) *corev1.Pod {
+		return appPod(ns, fmt.Sprintf("web-%d", i), map[string]string{"piggysec.com/aws-secret-name": "team/app"}, corev1.Container{
+			Image: "registry.example/app:1", Command: []string{"/app"},
+			Env: []corev1.EnvVar{{Name: "A", ValueFrom: &corev1.EnvVarSource{ConfigMapKeyRef: &corev1.ConfigMapKeySelector{
+				LocalObjectReference: corev1.LocalObjectReference{Name: configMap}, Key: "A"}}}},
+		})
+	}
+	// The API server gives the webhook the chart's timeoutSeconds (5).
+	client := s.peerClient(5 * time.Second)
+	burst := func(t *testing.T, n int, configMap func(int) string) {
+		t.Helper()
+		var wg sync.WaitGroup
+		errs := make(chan error, n)
+		for i := range n {
+			wg.Go(func() {
+				resp, err := s.forge(t.Context(), client, ns, pod(i, configMap(i)))
+				if err == nil && (!resp.Allowed || len(resp.Patch) == 0) {
+					err = fmt.Errorf("review %d: allowed %v, patch %d bytes, result %+v", i, resp.Allowed, len(resp.Patch), resp.Result)
+				}
+				errs <- err
+			})
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			if err != nil {
+				t.Error(err)
+			}
+		}
+	}
+
+	t.Run("pods sharing a ConfigMap cost one read", func(t *testing.T) {
+		burst(t, 50, func(int) string { return "shared" })
+		if n := proxy.count("GET", "/api/v1/namespaces/"+ns+"/configmaps/shared"); n != 1 {
+			t.Errorf("%d reads of the shared ConfigMap for 50 reviews, want 1", n)
+		}
+	})
+	t.Run("a read per review is not throttled", func(t *testing.T) {
+		burst(t, distinct, func(i int) string { return fmt.Sprintf("cm-%d", i) })
+		for i := range distinct {
+			if n := proxy.count("GET", fmt.Sprintf("/api/v1/namespaces/%s/configmaps/cm-%d", ns, i)); n != 1 {
+				t.Errorf("ConfigMap cm-%d read %d times, want 1", i, n)
+			}
+		}
+	})
+}
+
+// countingProxy serves the cluster's API on a loopback port with the
+// cluster's admin credentials and counts requests by method and path.
+type countingProxy struct {
+	kubeconfig string
+	mu         sync.Mutex
+	counts     map[string]int
+}
+
+func startCountingProxy(t *testing.T, c *kubetest.Cluster) *countingProxy {
+	t.Helper()
+	rt, err := rest.TransportFor(c.RESTConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	target, err := url.Parse(c.Host())
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &countingProxy{counts: map[string]int{}}
+	rp := &httputil.ReverseProxy{Transport: rt, Rewrite: func(r *httputil.ProxyRequest) {
+		r.SetURL(target)
+		p.mu.Lock()
+		p.counts[r.In.Method+" "+r.In.URL.Path]++
+		p.mu.Unlock()
+	}}
+	srv := httptest.NewServer(rp)
+	t.Cleanup(srv.Close)
+	p.kubeconfig = filepath.Join(t.TempDir(), "kubeconfig")
+	if err := os.WriteFile(p.kubeconfig, fmt.Appendf(nil, `apiVersion: v1
+kind: Config
+clusters: [{name: proxy, cluster: {server: %q}}]
+users: [{name: proxy, user: {}}]
+contexts: [{name: proxy, context: {cluster: proxy, user: proxy}}]
+current-context: proxy
+`, srv.URL), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func (p *countingProxy) count(method, path string) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.counts[method+" "+path]
+}
+
+// peerClient is a client of the webhook port as any pod could be: it
+// verifies the gateway's certificate and presents none.
+func (s *stack) peerClient(timeout time.Duration) *http.Client {
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(s.pki.CA.CertPEM)
+	return &http.Client{Timeout: timeout, Transport: &http.Transport{
+		TLSClientConfig:   &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12},
+		ForceAttemptHTTP2: true,
+	}}
+}
+
+// forge POSTs an AdmissionReview of pod in namespace to the gateway's
+// /mutate, as the API server would, or as anybody who reaches the port.
+func (s *stack) forge(ctx context.Context, client *http.Client, namespace string, pod *corev1.Pod) (*admissionv1.AdmissionResponse, error) {
+	raw, err := json.Marshal(pod)
+	if err != nil {
+		return nil, err
+	}
+	body, err := json.Marshal(admissionv1.AdmissionReview{
+		TypeMeta: metav1.TypeMeta{APIVersion: "admission.k8s.io/v1", Kind: "AdmissionReview"},
+		Request: &admissionv1.AdmissionRequest{UID: "forged", Kind: metav1.GroupVersionKind{Version: "v1", Kind: "Pod"},
+			Operation: admissionv1.Create, Namespace: namespace, Object: runtime.RawExtension{Raw: raw}},
+	})
+	if err != nil {
+		return nil, err
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "https://"+s.webhook+"/mutate", bytes.NewReader(body))
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := client.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	var out admissionv1.AdmissionReview
+	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil || out.Response == nil {
+		return nil, fmt.Errorf("review answer (status %d): %v", resp.StatusCode, err)
+	}
+	return out.Response, nil
 }

@@ -29,7 +29,7 @@ func run(ctx context.Context, args []string, lookup flagenv.Lookup) error {
 	if err != nil {
 		return err
 	}
-	kube, err := kubeClient(cfg.Kubeconfig)
+	kube, err := kubeClient(cfg)
 	if err != nil {
 		return err
 	}
@@ -48,7 +48,7 @@ func run(ctx context.Context, args []string, lookup flagenv.Lookup) error {
 		defer conn.Close()
 		resolver = resolverclient.New(imageresolverv1.NewImageResolverServiceClient(conn))
 	}
-	mutator := mutate.New(cfg.Mutation, resolver, kubeenv.New(kube))
+	mutator := mutate.New(cfg.Mutation, resolver, kubeenv.New(kube, cfg.EnvSource))
 	hook, err := webhook.New(mutator, d.Log, d.Telemetry.MeterProvider.Meter("piggy/admission-gateway"))
 	if err != nil {
 		return d.Abort(err)
@@ -75,14 +75,14 @@ func run(ctx context.Context, args []string, lookup flagenv.Lookup) error {
 }
 
 // kubeClient builds a clientset from a kubeconfig file or the in-cluster
-// configuration.
-func kubeClient(kubeconfig string) (kubernetes.Interface, error) {
+// configuration, with the configured request rate.
+func kubeClient(cfg config.Config) (kubernetes.Interface, error) {
 	var (
 		rc  *rest.Config
 		err error
 	)
-	if kubeconfig != "" {
-		rc, err = clientcmd.BuildConfigFromFlags("", kubeconfig)
+	if cfg.Kubeconfig != "" {
+		rc, err = clientcmd.BuildConfigFromFlags("", cfg.Kubeconfig)
 	} else {
 		rc, err = rest.InClusterConfig()
 	}
@@ -90,6 +90,7 @@ func kubeClient(kubeconfig string) (kubernetes.Interface, error) {
 		return nil, fmt.Errorf("kubernetes client (set --kubeconfig outside a cluster): %w", err)
 	}
 	rc.UserAgent = "piggy-admission-gateway/" + version
+	rc.QPS, rc.Burst = float32(cfg.KubeQPS), cfg.KubeBurst
 	return kubernetes.NewForConfig(rc)
 }
 

@@ -18,6 +18,7 @@ import (
 	"github.com/piggysec/piggy/libs/flagenv"
 	"github.com/piggysec/piggy/libs/podsettings"
 	"github.com/piggysec/piggy/services/admission-gateway/internal/brokeraddr"
+	"github.com/piggysec/piggy/services/admission-gateway/internal/kubeenv"
 	"github.com/piggysec/piggy/services/admission-gateway/internal/mutate"
 )
 
@@ -34,6 +35,12 @@ type Config struct {
 	GRPCAddress string
 	// Kubeconfig is a kubeconfig file; empty uses the in-cluster config.
 	Kubeconfig string
+	// KubeQPS and KubeBurst bound the Kubernetes API request rate
+	// (ConfigMap and Secret reads).
+	KubeQPS   float64
+	KubeBurst int
+	// EnvSource configures the ConfigMap cache.
+	EnvSource kubeenv.Options
 	// ImageResolverAddress is host:port of the image-resolver (mTLS).
 	ImageResolverAddress string
 	// Mutation holds the operator's mutation settings.
@@ -62,6 +69,10 @@ func Load(args []string, lookup flagenv.Lookup, output io.Writer) (Config, error
 	fs.StringVar(&c.ListenAddress, "listen-address", ":8443", "HTTPS address of the webhook (/mutate, /healthz, /readyz)")
 	fs.StringVar(&c.GRPCAddress, "grpc-address", ":9443", "mTLS gRPC address for health, reflection and diagnostics")
 	fs.StringVar(&c.Kubeconfig, "kubeconfig", "", "kubeconfig file; empty uses the in-cluster configuration")
+	fs.Float64Var(&c.KubeQPS, "kube-api-qps", 50, "sustained Kubernetes API requests per second (ConfigMap and Secret reads of reviews)")
+	fs.IntVar(&c.KubeBurst, "kube-api-burst", 100, "burst of Kubernetes API requests")
+	fs.DurationVar(&c.EnvSource.ConfigMapTTL, "configmap-cache-ttl", 3*time.Second, "how long a ConfigMap read is reused for other reviews; 0 disables the cache")
+	fs.IntVar(&c.EnvSource.ConfigMapCacheSize, "configmap-cache-size", 1000, "ConfigMaps cached at most")
 	fs.StringVar(&c.ImageResolverAddress, "image-resolver-address", "", "host:port of the image-resolver (mTLS); empty denies pods whose containers need their image's command")
 	fs.DurationVar(&resolveTimeout, "image-resolver-timeout", 3*time.Second, "deadline of one image lookup; keep it well inside the webhook timeout")
 	fs.StringVar(&allowed, "allowed-piggy-addresses", "", "comma-separated broker URLs pods may use, compared by scheme, host, port and path (https://*.piggy.svc:8443 allows one leftmost DNS label); defaults to PIGGY_ADDRESS")
@@ -121,6 +132,12 @@ func Load(args []string, lookup flagenv.Lookup, output io.Writer) (Config, error
 	}
 	if tokenAudience == "" {
 		errs = append(errs, errors.New("--token-audience must not be empty"))
+	}
+	if c.KubeQPS <= 0 || c.KubeBurst < 1 {
+		errs = append(errs, errors.New("--kube-api-qps must be positive and --kube-api-burst at least 1"))
+	}
+	if c.EnvSource.ConfigMapTTL < 0 || c.EnvSource.ConfigMapCacheSize < 0 {
+		errs = append(errs, errors.New("--configmap-cache-ttl and --configmap-cache-size must not be negative"))
 	}
 	if resolveTimeout <= 0 {
 		errs = append(errs, errors.New("--image-resolver-timeout must be positive"))

@@ -1,12 +1,21 @@
 // Package kubeenv reads the ConfigMaps and Secrets that pod env values come
 // from, through the Kubernetes API, for the mutation's reference search.
-// Only named objects are read (get, never list or watch).
+// Only named objects are read (get, never list or watch), and only the
+// entries that hold piggy: references are kept: the search needs nothing
+// else, and other values (Secret values above all) are not held in memory.
+//
+// ConfigMap reads are cached for a few seconds and concurrent reads of one
+// ConfigMap share one request, so a rollout of many pods that take env
+// from the same ConfigMap costs about one read.
 package kubeenv
 
 import (
 	"context"
 	"fmt"
+	"sync"
+	"time"
 
+	"golang.org/x/sync/singleflight"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
@@ -14,41 +23,143 @@ import (
 	"github.com/piggysec/piggy/services/admission-gateway/internal/mutate"
 )
 
+// Options configure the ConfigMap cache.
+type Options struct {
+	// ConfigMapTTL is how long a ConfigMap read is reused; 0 disables the
+	// cache (concurrent reads are still shared).
+	ConfigMapTTL time.Duration
+	// ConfigMapCacheSize bounds the cached ConfigMaps.
+	ConfigMapCacheSize int
+}
+
+// maxCachedBytes bounds one cached ConfigMap (the names and values of its
+// piggy: references); a larger one is read again each time.
+const maxCachedBytes = 16 << 10
+
+// readTimeout bounds a shared read, which outlives the review that started
+// it when that review gives up first.
+const readTimeout = 10 * time.Second
+
 // Source implements mutate.EnvSource with a clientset.
 type Source struct {
 	client kubernetes.Interface
+	opts   Options
+	now    func() time.Time
+	reads  singleflight.Group
+
+	mu    sync.Mutex
+	cache map[string]cached // "namespace/name" → references
+}
+
+type cached struct {
+	refs    map[string]string
+	expires time.Time
 }
 
 // New returns a Source.
-func New(client kubernetes.Interface) *Source { return &Source{client: client} }
-
-// ConfigMap returns the data of namespace/name or mutate.ErrNotFound.
-func (s *Source) ConfigMap(ctx context.Context, namespace, name string) (map[string]string, error) {
-	cm, err := s.client.CoreV1().ConfigMaps(namespace).Get(ctx, name, metav1.GetOptions{})
-	if err != nil {
-		return nil, mapErr(err)
-	}
-	return cm.Data, nil
+func New(client kubernetes.Interface, opts Options) *Source {
+	return &Source{client: client, opts: opts, now: time.Now, cache: map[string]cached{}}
 }
 
-// Secret returns the data of namespace/name or mutate.ErrNotFound. The
-// values are only inspected for the piggy: prefix, never logged.
-func (s *Source) Secret(ctx context.Context, namespace, name string) (map[string][]byte, error) {
+// ConfigMap returns the entries of namespace/name that hold piggy:
+// references, or mutate.ErrNotFound.
+func (s *Source) ConfigMap(ctx context.Context, namespace, name string) (map[string]string, error) {
+	key := namespace + "/" + name
+	if refs, ok := s.cached(key); ok {
+		return refs, nil
+	}
+	ch := s.reads.DoChan(key, func() (any, error) {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), readTimeout)
+		defer cancel()
+		cm, err := s.client.CoreV1().ConfigMaps(namespace).Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return nil, mapErr(err)
+		}
+		refs := references(cm.Data)
+		s.store(key, refs)
+		return refs, nil
+	})
+	select {
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case r := <-ch:
+		if r.Err != nil {
+			return nil, r.Err
+		}
+		return r.Val.(map[string]string), nil
+	}
+}
+
+// Secret returns the entries of namespace/name that hold piggy:
+// references, or mutate.ErrNotFound. Secrets are not cached.
+func (s *Source) Secret(ctx context.Context, namespace, name string) (map[string]string, error) {
 	sec, err := s.client.CoreV1().Secrets(namespace).Get(ctx, name, metav1.GetOptions{})
 	if err != nil {
 		return nil, mapErr(err)
 	}
-	data := sec.Data
-	if len(sec.StringData) > 0 {
-		data = make(map[string][]byte, len(sec.Data)+len(sec.StringData))
-		for k, v := range sec.Data {
-			data[k] = v
-		}
-		for k, v := range sec.StringData {
-			data[k] = []byte(v)
+	refs := map[string]string{}
+	for k, v := range sec.Data {
+		if mutate.IsReference(string(v)) {
+			refs[k] = string(v)
 		}
 	}
-	return data, nil
+	return refs, nil
+}
+
+// references keeps the entries of data that are piggy: references.
+func references(data map[string]string) map[string]string {
+	refs := map[string]string{}
+	for k, v := range data {
+		if mutate.IsReference(v) {
+			refs[k] = v
+		}
+	}
+	return refs
+}
+
+func (s *Source) cached(key string) (map[string]string, bool) {
+	if s.opts.ConfigMapTTL <= 0 {
+		return nil, false
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c, ok := s.cache[key]
+	if !ok || !s.now().Before(c.expires) {
+		return nil, false
+	}
+	return c.refs, true
+}
+
+// store caches refs under key. A full cache first drops expired entries,
+// then an arbitrary one.
+func (s *Source) store(key string, refs map[string]string) {
+	if s.opts.ConfigMapTTL <= 0 || s.opts.ConfigMapCacheSize <= 0 {
+		return
+	}
+	size := 0
+	for k, v := range refs {
+		size += len(k) + len(v)
+	}
+	if size > maxCachedBytes {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := s.now()
+	if _, ok := s.cache[key]; !ok && len(s.cache) >= s.opts.ConfigMapCacheSize {
+		for k, c := range s.cache {
+			if !now.Before(c.expires) {
+				delete(s.cache, k)
+			}
+		}
+		for k := range s.cache {
+			if len(s.cache) < s.opts.ConfigMapCacheSize {
+				break
+			}
+			delete(s.cache, k)
+		}
+	}
+	s.cache[key] = cached{refs: refs, expires: now.Add(s.opts.ConfigMapTTL)}
 }
 
 func mapErr(err error) error {

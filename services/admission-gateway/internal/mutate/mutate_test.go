@@ -49,7 +49,7 @@ func (f *fakeResolver) Resolve(_ context.Context, l ImageLookup) (ImageConfig, e
 // fakeEnv serves ConfigMaps and Secrets from maps.
 type fakeEnv struct {
 	configMaps map[string]map[string]string
-	secrets    map[string]map[string][]byte
+	secrets    map[string]map[string]string
 }
 
 func (f fakeEnv) ConfigMap(_ context.Context, ns, name string) (map[string]string, error) {
@@ -59,7 +59,7 @@ func (f fakeEnv) ConfigMap(_ context.Context, ns, name string) (map[string]strin
 	return nil, ErrNotFound
 }
 
-func (f fakeEnv) Secret(_ context.Context, ns, name string) (map[string][]byte, error) {
+func (f fakeEnv) Secret(_ context.Context, ns, name string) (map[string]string, error) {
 	if d, ok := f.secrets[ns+"/"+name]; ok {
 		return d, nil
 	}
@@ -141,7 +141,7 @@ func TestMutateGolden(t *testing.T) {
 	}}
 	env := fakeEnv{
 		configMaps: map[string]map[string]string{"team/cfg": {"DB_PASSWORD": "piggy:DB_PASSWORD", "PLAIN": "x"}},
-		secrets:    map[string]map[string][]byte{"team/sec": {"token": []byte("piggy:API_TOKEN")}},
+		secrets:    map[string]map[string]string{"team/sec": {"token": "piggy:API_TOKEN"}},
 	}
 	tests := []struct {
 		name     string

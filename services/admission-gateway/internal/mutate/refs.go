@@ -16,15 +16,17 @@ const ReferencePrefix = "piggy:"
 var ErrNotFound = errors.New("not found")
 
 // EnvSource reads the ConfigMaps and Secrets that env values come from.
+// Each returns at least the entries that hold references (IsReference), or
+// ErrNotFound.
 type EnvSource interface {
-	// ConfigMap returns the data of a ConfigMap or ErrNotFound.
+	// ConfigMap returns the entries of a ConfigMap.
 	ConfigMap(ctx context.Context, namespace, name string) (map[string]string, error)
-	// Secret returns the data of a Secret or ErrNotFound.
-	Secret(ctx context.Context, namespace, name string) (map[string][]byte, error)
+	// Secret returns the entries of a Secret.
+	Secret(ctx context.Context, namespace, name string) (map[string]string, error)
 }
 
-// isReference reports whether v is a "piggy:KEY" value.
-func isReference(v string) bool {
+// IsReference reports whether v is a "piggy:KEY" value.
+func IsReference(v string) bool {
 	return strings.HasPrefix(v, ReferencePrefix) && len(v) > len(ReferencePrefix)
 }
 
@@ -34,11 +36,11 @@ type referenceFinder struct {
 	src        EnvSource
 	namespace  string
 	configMaps map[string]map[string]string
-	secrets    map[string]map[string][]byte
+	secrets    map[string]map[string]string
 }
 
 func newReferenceFinder(src EnvSource, namespace string) *referenceFinder {
-	return &referenceFinder{src: src, namespace: namespace, configMaps: map[string]map[string]string{}, secrets: map[string]map[string][]byte{}}
+	return &referenceFinder{src: src, namespace: namespace, configMaps: map[string]map[string]string{}, secrets: map[string]map[string]string{}}
 }
 
 // references reports whether c references a piggy: value. Missing
@@ -47,7 +49,7 @@ func newReferenceFinder(src EnvSource, namespace string) *referenceFinder {
 // what they hold.
 func (f *referenceFinder) references(ctx context.Context, c *corev1.Container) (bool, error) {
 	for _, e := range c.Env {
-		if isReference(e.Value) {
+		if IsReference(e.Value) {
 			return true, nil
 		}
 	}
@@ -60,7 +62,7 @@ func (f *referenceFinder) references(ctx context.Context, c *corev1.Container) (
 			if err != nil {
 				return false, fmt.Errorf("env %s: %w", e.Name, err)
 			}
-			if isReference(data[ref.Key]) {
+			if IsReference(data[ref.Key]) {
 				return true, nil
 			}
 		}
@@ -69,7 +71,7 @@ func (f *referenceFinder) references(ctx context.Context, c *corev1.Container) (
 			if err != nil {
 				return false, fmt.Errorf("env %s: %w", e.Name, err)
 			}
-			if isReference(string(data[ref.Key])) {
+			if IsReference(data[ref.Key]) {
 				return true, nil
 			}
 		}
@@ -81,7 +83,7 @@ func (f *referenceFinder) references(ctx context.Context, c *corev1.Container) (
 				return false, fmt.Errorf("envFrom: %w", err)
 			}
 			for _, v := range data {
-				if isReference(v) {
+				if IsReference(v) {
 					return true, nil
 				}
 			}
@@ -92,7 +94,7 @@ func (f *referenceFinder) references(ctx context.Context, c *corev1.Container) (
 				return false, fmt.Errorf("envFrom: %w", err)
 			}
 			for _, v := range data {
-				if isReference(string(v)) {
+				if IsReference(v) {
 					return true, nil
 				}
 			}
@@ -113,7 +115,7 @@ func (f *referenceFinder) configMap(ctx context.Context, name string, optional *
 	return data, nil
 }
 
-func (f *referenceFinder) secret(ctx context.Context, name string, optional *bool) (map[string][]byte, error) {
+func (f *referenceFinder) secret(ctx context.Context, name string, optional *bool) (map[string]string, error) {
 	if data, ok := f.secrets[name]; ok {
 		return data, nil
 	}

@@ -36,7 +36,7 @@ type noEnv struct{}
 func (noEnv) ConfigMap(context.Context, string, string) (map[string]string, error) {
 	return nil, mutate.ErrNotFound
 }
-func (noEnv) Secret(context.Context, string, string) (map[string][]byte, error) {
+func (noEnv) Secret(context.Context, string, string) (map[string]string, error) {
 	return nil, mutate.ErrNotFound
 }
 
