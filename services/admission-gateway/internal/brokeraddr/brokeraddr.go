@@ -29,7 +29,7 @@ func (p Pattern) String() string { return p.raw }
 
 // ParsePattern parses an allowlist entry.
 func ParsePattern(s string) (Pattern, error) {
-	u, err := parse(s)
+	u, err := Parse(s)
 	if err != nil {
 		return Pattern{}, err
 	}
@@ -74,11 +74,9 @@ func (p Pattern) Match(u *url.URL) bool {
 	return port(u) == p.port && strings.TrimSuffix(u.Path, "/") == p.path
 }
 
-// Parse checks that addr is an https URL a broker can have: a host, no
-// user information, no query or fragment.
-func Parse(addr string) (*url.URL, error) { return parse(addr) }
-
-func parse(s string) (*url.URL, error) {
+// Parse checks that s is an https URL a broker can have: a host, no user
+// information, no query or fragment.
+func Parse(s string) (*url.URL, error) {
 	u, err := url.Parse(s)
 	switch {
 	case err != nil || u.Scheme != "https" || u.Host == "" || u.Opaque != "":
