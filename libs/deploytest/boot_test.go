@@ -18,6 +18,12 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/status"
+
+	imageresolverv1 "github.com/piggysec/piggy/libs/gen/piggy/imageresolver/v1"
 	"github.com/piggysec/piggy/libs/proctest"
 )
 
@@ -257,6 +263,29 @@ func TestChartStartsServices(t *testing.T) {
 			proctest.CheckGRPCHealth(t, "localhost:"+port(addr), &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{client}, ServerName: "localhost"})
 		})
 	}
+
+	// Diagnostics answer the chart's operator certificate, and refuse the
+	// service identities: the chart passes --operator-identities and issues
+	// <prefix>-operator-tls.
+	t.Run("diagnostics answer the operator certificate only", func(t *testing.T) {
+		operator := writeRenderedTLS(t, objs, "operator")
+		for who, dir := range map[string]string{"operator": operator, "admission-gateway": tlsDirs["admission-gateway"]} {
+			cert, err := tls.LoadX509KeyPair(filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			conn, err := grpc.NewClient("localhost:"+port(ra["grpc"]), grpc.WithTransportCredentials(credentials.NewTLS(
+				&tls.Config{RootCAs: pool, Certificates: []tls.Certificate{cert}, ServerName: "localhost"})))
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = imageresolverv1.NewImageResolverServiceClient(conn).GetCacheStats(t.Context(), &imageresolverv1.GetCacheStatsRequest{})
+			conn.Close()
+			if want := map[string]codes.Code{"operator": codes.OK, "admission-gateway": codes.PermissionDenied}[who]; status.Code(err) != want {
+				t.Errorf("GetCacheStats as %s: %v, want %v", who, err, want)
+			}
+		}
+	})
 
 	// A pod without command makes the gateway ask the resolver: the lookup
 	// reaches it over mTLS with the gateway's identity (its counter moves),

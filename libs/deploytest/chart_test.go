@@ -503,6 +503,46 @@ func TestPodDefaults(t *testing.T) {
 	}
 }
 
+// TestCallerIdentities: the names the services expect of their callers
+// follow the release prefix, and pull-secret namespaces reach both the
+// gateway and the resolver.
+func TestCallerIdentities(t *testing.T) {
+	objs := helmTemplate(t, "--set", "global.fullnameOverride=acme", "--set-json", `global.pullSecretNamespaces=["registry-creds"]`,
+		"--set", "global.podDefaults.image-pull-secret-namespace=ci")
+	args := func(c string) []string {
+		return one[appsv1.Deployment](t, objs, "Deployment", "acme-"+c).Spec.Template.Spec.Containers[0].Args
+	}
+	for _, c := range components {
+		if !slices.Contains(args(c), "--operator-identities=acme-operator") {
+			t.Errorf("%s args %v: no --operator-identities=acme-operator", c, args(c))
+		}
+	}
+	if !slices.Contains(args("image-resolver"), "--gateway-identities=acme-admission-gateway") {
+		t.Errorf("resolver args %v: no --gateway-identities=acme-admission-gateway", args("image-resolver"))
+	}
+	for _, c := range []string{"admission-gateway", "image-resolver"} {
+		if !slices.Contains(args(c), "--pull-secret-namespaces=registry-creds,ci") {
+			t.Errorf("%s args %v: no --pull-secret-namespaces=registry-creds,ci", c, args(c))
+		}
+	}
+	op := secretCert(t, objs, "acme-operator-tls", "tls.crt")
+	if op.Subject.CommonName != "acme-operator" {
+		t.Errorf("operator certificate names %q", op.Subject.CommonName)
+	}
+	if _, err := op.Verify(x509.VerifyOptions{Roots: rootsOf(secretCert(t, objs, "acme-ca", "tls.crt")), KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+		t.Errorf("operator certificate: %v", err)
+	}
+	if objs := helmTemplate(t, "--set", "global.tls.operatorCertificate=false"); len(find(objs, "Secret", name("operator")+"-tls")) != 0 {
+		t.Error("operatorCertificate=false still renders the operator Secret")
+	}
+}
+
+func rootsOf(ca *x509.Certificate) *x509.CertPool {
+	p := x509.NewCertPool()
+	p.AddCert(ca)
+	return p
+}
+
 // TestOTLPAndServiceMonitors: the OTLP endpoint reaches every service;
 // ServiceMonitors and dashboards render when asked.
 func TestOTLPAndServiceMonitors(t *testing.T) {

@@ -54,7 +54,7 @@ func run(ctx context.Context, args []string, lookup flagenv.Lookup) error {
 		return d.Abort(err)
 	}
 	resolver, err := resolve.New(resolve.Options{
-		Keychain:           keychain.New(kube, cloud...),
+		Keychain:           keychain.New(kube, cloud...).AllowNamespaces(cfg.PullSecretNamespaces...),
 		DefaultPlatform:    cfg.DefaultPlatform,
 		InsecureRegistries: cfg.InsecureRegistries,
 		RootCAs:            roots,

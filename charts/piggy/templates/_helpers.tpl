@@ -105,6 +105,17 @@ logging, shutdown bound. */}}
 - --grpc-address=:9443
 - --log-level={{ .Values.logLevel | default .Values.global.logLevel }}
 - --shutdown-grace={{ .Values.shutdownGrace }}
+- --operator-identities={{ include "piggy.name" (dict "root" . "component" "operator") }}
+{{- end -}}
+
+{{/* --pull-secret-namespaces of the gateway and the resolver (they must agree):
+global.pullSecretNamespaces plus podDefaults.image-pull-secret-namespace. */}}
+{{- define "piggy.pullSecretNamespacesArg" -}}
+{{- $g := .Values.global -}}
+{{- $ns := compact (concat ($g.pullSecretNamespaces | default list) (list (index ($g.podDefaults | default dict) "image-pull-secret-namespace" | default ""))) | uniq -}}
+{{- with $ns }}
+- --pull-secret-namespaces={{ join "," . }}
+{{- end -}}
 {{- end -}}
 
 {{/* Environment every service gets: pod identity, OpenTelemetry, DEBUG. */}}

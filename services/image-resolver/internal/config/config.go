@@ -51,6 +51,11 @@ type Config struct {
 	// common name) that may call ResolveImage: the admission-gateway's.
 	GatewayIdentities flagenv.List
 
+	// PullSecretNamespaces are the namespaces, besides a request's own,
+	// whose pull secrets a request may name (the operator's shared
+	// credential namespaces); empty: none.
+	PullSecretNamespaces flagenv.List
+
 	// DefaultPlatform fills the platform fields a request leaves empty.
 	DefaultPlatform resolve.Platform
 	// InsecureRegistries (host[:port]) may be reached without TLS
@@ -95,6 +100,7 @@ func Load(args []string, lookup flagenv.Lookup, output io.Writer) (Config, error
 	fs.StringVar(&c.GRPCAddress, "grpc-address", ":9443", "mTLS gRPC address of ImageResolverService, health and reflection")
 	c.GatewayIdentities = flagenv.List{DefaultGatewayIdentity}
 	fs.Var(&c.GatewayIdentities, "gateway-identities", "comma-separated client certificate names (DNS/URI SAN or common name) that may call ResolveImage (the admission-gateway's); diagnostics RPCs take --operator-identities")
+	fs.Var(&c.PullSecretNamespaces, "pull-secret-namespaces", "comma-separated namespaces, besides the request's own, whose pull secrets a request may name; others are refused before anything is read (the admission-gateway's --pull-secret-namespaces should match); empty: none")
 	fs.StringVar(&platform, "default-platform", "linux/amd64", "platform (os/architecture[/variant]) used for the fields a request leaves empty")
 	fs.StringVar(&insecure, "insecure-registries", "", "comma-separated host[:port] list of registries a request with skip_tls_verify may reach without TLS verification or over plain HTTP")
 	fs.StringVar(&c.RegistryCAFile, "registry-ca-file", "", "PEM CA bundle trusted for registry TLS in addition to the system roots (read at start)")

@@ -174,11 +174,6 @@ func TestResolveImage(t *testing.T) {
 			want: &imageresolverv1.ResolveImageResponse{Digest: f.digests["private/app:1"], Entrypoint: []string{"/bin/private"}, Cmd: []string{"--secret-flag"}, Platform: amd64},
 		},
 		{
-			name: "private image through a pull secret in another namespace",
-			req:  &imageresolverv1.ResolveImageRequest{Image: f.priv.Ref("private/app:1"), Namespace: ns, PullSecrets: secrets("other/shared")},
-			want: &imageresolverv1.ResolveImageResponse{Digest: f.digests["private/app:1"], Entrypoint: []string{"/bin/private"}, Cmd: []string{"--secret-flag"}, Platform: amd64},
-		},
-		{
 			name: "private image through the service account's imagePullSecrets",
 			req:  &imageresolverv1.ResolveImageRequest{Image: f.priv.Ref("private/app:1"), Namespace: ns, ServiceAccount: "builder"},
 			want: &imageresolverv1.ResolveImageResponse{Digest: f.digests["private/app:1"], Entrypoint: []string{"/bin/private"}, Cmd: []string{"--secret-flag"}, Platform: amd64},

@@ -10,6 +10,7 @@ import (
 
 	imageresolverv1 "github.com/piggysec/piggy/libs/gen/piggy/imageresolver/v1"
 	"github.com/piggysec/piggy/libs/registrytest"
+	"github.com/piggysec/piggy/services/image-resolver/internal/resolve"
 )
 
 // TestIndexNamingAnotherTenantsDigest is the admission issue's first
@@ -53,4 +54,45 @@ func TestIndexNamingAnotherTenantsDigest(t *testing.T) {
 			t.Errorf("message %q names %q", status.Convert(err).Message(), leak)
 		}
 	}
+}
+
+// TestPullSecretOfAnotherNamespace is the admission issue's second attack
+// as the resolver sees it: a request for a pod in one namespace names a
+// pull secret of another namespace (a gateway bug, or a forged call). The
+// resolver refuses it before reading anything, with one message whether
+// or not the secret exists, unless its own operator setting shares that
+// namespace.
+func TestPullSecretOfAnotherNamespace(t *testing.T) {
+	f := newFixture(t)
+	image := f.priv.Ref("private/app:1")
+	t.Run("refused by default", func(t *testing.T) {
+		r, cs := newResolver(t, pool(f.pub, f.priv), f.objs)
+		client := serveGRPC(t, r)
+		for _, secret := range []string{"other/shared", "other/does-not-exist"} {
+			got, err := client.ResolveImage(t.Context(), &imageresolverv1.ResolveImageRequest{Image: image, Namespace: "attacker", PullSecrets: secrets(secret)})
+			if err == nil {
+				t.Fatalf("pull secret %s: resolved with entrypoint %q cmd %q", secret, got.GetEntrypoint(), got.GetCmd())
+			}
+			_, name, _ := strings.Cut(secret, "/")
+			want := `pull secret "` + name + `" names namespace "other": pull secret outside the pod's namespace; only the pod's own namespace and those the operator allows (--pull-secret-namespaces) may be used`
+			if status.Code(err) != codes.PermissionDenied || status.Convert(err).Message() != want {
+				t.Errorf("pull secret %s: %v, want PermissionDenied %q", secret, err, want)
+			}
+		}
+		for _, a := range cs.Actions() {
+			if a.GetNamespace() == "other" {
+				t.Errorf("the resolver read %s %s in the other namespace", a.GetVerb(), a.GetResource().Resource)
+			}
+		}
+	})
+	t.Run("allowed when the operator shares the namespace", func(t *testing.T) {
+		r, _ := newResolver(t, pool(f.pub, f.priv), f.objs, func(o *resolve.Options) {
+			o.Keychain.AllowNamespaces("other")
+		})
+		client := serveGRPC(t, r)
+		got, err := client.ResolveImage(t.Context(), &imageresolverv1.ResolveImageRequest{Image: image, Namespace: "attacker", PullSecrets: secrets("other/shared")})
+		if err != nil || got.GetDigest() != f.digests["private/app:1"] {
+			t.Fatalf("shared pull secret: %v, digest %q", err, got.GetDigest())
+		}
+	})
 }

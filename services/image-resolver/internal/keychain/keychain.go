@@ -49,6 +49,11 @@ var (
 	// ErrInvalidSecret means a named pull secret holds data that does not
 	// parse; like the kubelet, the lookup fails rather than ignoring it.
 	ErrInvalidSecret = errors.New("invalid pull secret")
+	// ErrForeignNamespace means a request named a pull secret outside its
+	// own namespace that the operator did not allow
+	// ([Gatherer.AllowNamespaces]). Nothing was read: the answer says
+	// nothing about whether the secret exists.
+	ErrForeignNamespace = errors.New("pull secret outside the pod's namespace")
 )
 
 // Kube is the part of client-go the keychain needs: Get of named secrets
@@ -93,9 +98,10 @@ type Cloud interface {
 
 // Gatherer reads pull secrets through Kube.
 type Gatherer struct {
-	kube  Kube
-	cloud []Cloud
-	key   []byte // HMAC key of credential identities, random per process
+	kube    Kube
+	cloud   []Cloud
+	key     []byte          // HMAC key of credential identities, random per process
+	foreign map[string]bool // namespaces besides the request's whose pull secrets may be read
 }
 
 // New returns a Gatherer. A nil kube runs without Kubernetes: the notes say
@@ -105,6 +111,21 @@ func New(kube Kube, cloud ...Cloud) *Gatherer {
 	key := make([]byte, 32)
 	_, _ = rand.Read(key) // crypto/rand does not fail on supported platforms
 	return &Gatherer{kube: kube, cloud: cloud, key: key}
+}
+
+// AllowNamespaces lets requests name pull secrets in these namespaces
+// besides their own (the operator's shared credential namespaces). By
+// default a pull secret outside the request's namespace is refused with
+// [ErrForeignNamespace] before anything is read, whatever the caller
+// checked before. It returns g for chaining and must be called before use.
+func (g *Gatherer) AllowNamespaces(namespaces ...string) *Gatherer {
+	for _, ns := range namespaces {
+		if g.foreign == nil {
+			g.foreign = map[string]bool{}
+		}
+		g.foreign[ns] = true
+	}
+	return g
 }
 
 // Source is one pull secret that was read and holds registry credentials.
@@ -134,6 +155,11 @@ func (g *Gatherer) Gather(ctx context.Context, req Request) (*Set, error) {
 		}
 		set.note("service account: not read (Kubernetes access is off)")
 		return set, nil
+	}
+	for _, ref := range req.PullSecrets {
+		if ref = qualify(ref, req.Namespace); ref.Namespace != req.Namespace && !g.foreign[ref.Namespace] {
+			return nil, fmt.Errorf("pull secret %q names namespace %q: %w; only the pod's own namespace and those the operator allows (--pull-secret-namespaces) may be used", ref.Name, ref.Namespace, ErrForeignNamespace)
+		}
 	}
 	seen := map[SecretRef]bool{}
 	for _, ref := range req.PullSecrets {

@@ -444,6 +444,8 @@ func (r *Resolver) credentialError(ctx context.Context, err error, timedOut bool
 		return fmt.Errorf("read pull secrets: %w", ctx.Err())
 	case errors.Is(err, keychain.ErrReadRefused):
 		return newError(ErrFailedPrecondition, err, "the resolver may not read a named pull secret or service account: %s", safeKubeMessage(err))
+	case errors.Is(err, keychain.ErrForeignNamespace):
+		return newError(ErrPermissionDenied, err, "%s", safeKubeMessage(err))
 	case errors.Is(err, keychain.ErrInvalidSecret):
 		return newError(ErrFailedPrecondition, err, "%s", safeKubeMessage(err))
 	case timedOut:
