@@ -293,3 +293,23 @@ func (p *Process) CPUTime() (time.Duration, error) {
 	const clockTicks = 100 // USER_HZ on Linux
 	return time.Duration(ticks) * time.Second / clockTicks, nil
 }
+
+// PeakRSS is the largest resident set size the process has had so far
+// (VmHWM in /proc/<pid>/status on Linux), in bytes. Memory tests compare
+// it with a bound: unlike timing, it does not depend on a busy machine.
+func (p *Process) PeakRSS() (int64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
+	if err != nil {
+		return 0, fmt.Errorf("peak RSS of %s: %w", p, err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			if err != nil {
+				return 0, fmt.Errorf("peak RSS of %s: %q: %w", p, line, err)
+			}
+			return kb << 10, nil
+		}
+	}
+	return 0, fmt.Errorf("peak RSS of %s: no VmHWM line", p)
+}

@@ -57,11 +57,14 @@ type Registry struct {
 	delay  time.Duration
 	fault  ManifestFault
 	raw    map[string]rawManifest // "/v2/<repo>/manifests/<tag>" -> what to serve
+
+	manifestsInFlight, maxManifestsInFlight int
 }
 
 type rawManifest struct {
 	mediaType string
 	body      []byte
+	unsized   bool // sent without Content-Length
 }
 
 // ManifestFault is a way manifest requests misbehave (see SetManifestFault).
@@ -93,13 +96,24 @@ func New(t testing.TB, opts Options) *Registry {
 		r.mu.Unlock()
 		if isRaw && (req.Method == http.MethodGet || req.Method == http.MethodHead) {
 			w.Header().Set("Content-Type", raw.mediaType)
-			w.Header().Set("Content-Length", fmt.Sprint(len(raw.body)))
+			if !raw.unsized {
+				w.Header().Set("Content-Length", fmt.Sprint(len(raw.body)))
+			}
 			if req.Method == http.MethodGet {
 				_, _ = w.Write(raw.body)
 			}
 			return
 		}
 		if strings.Contains(req.URL.Path, "/manifests/") {
+			r.mu.Lock()
+			r.manifestsInFlight++
+			r.maxManifestsInFlight = max(r.maxManifestsInFlight, r.manifestsInFlight)
+			r.mu.Unlock()
+			defer func() {
+				r.mu.Lock()
+				r.manifestsInFlight--
+				r.mu.Unlock()
+			}()
 			if delay > 0 {
 				select {
 				case <-time.After(delay):
@@ -165,6 +179,26 @@ func (r *Registry) ServeRawManifest(repoTag, mediaType string, body []byte) {
 		r.raw = map[string]rawManifest{}
 	}
 	r.raw["/v2/"+repo+"/manifests/"+tag] = rawManifest{mediaType: mediaType, body: body}
+}
+
+// ServeRawManifestUnsized is ServeRawManifest without a Content-Length:
+// the body is streamed, so its size shows only while it is read.
+func (r *Registry) ServeRawManifestUnsized(repoTag, mediaType string, body []byte) {
+	r.ServeRawManifest(repoTag, mediaType, body)
+	repo, tag, _ := strings.Cut(repoTag, ":")
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	m := r.raw["/v2/"+repo+"/manifests/"+tag]
+	m.unsized = true
+	r.raw["/v2/"+repo+"/manifests/"+tag] = m
+}
+
+// MaxManifestsInFlight is the largest number of manifest requests
+// (other than raw ones) the registry was answering at once.
+func (r *Registry) MaxManifestsInFlight() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.maxManifestsInFlight
 }
 
 // SetManifestFault makes every manifest request misbehave as f says

@@ -70,6 +70,10 @@ type Config struct {
 	ConfigCacheSize int
 	// TagCacheSize bounds the tag → digest cache.
 	TagCacheSize int
+	// MaxManifestBytes and MaxConfigBytes bound what one lookup reads;
+	// MaxColdLookups bounds the registry conversations in flight.
+	MaxManifestBytes, MaxConfigBytes int64
+	MaxColdLookups                   int
 	// TagTTL is how long a resolved tag is reused.
 	TagTTL time.Duration
 	// NegativeTTL is how long a failed lookup is reused.
@@ -107,6 +111,9 @@ func Load(args []string, lookup flagenv.Lookup, output io.Writer) (Config, error
 	fs.DurationVar(&c.RegistryTimeout, "registry-timeout", 4*time.Second, "bound on the registry and Kubernetes calls of one lookup")
 	fs.IntVar(&c.ConfigCacheSize, "config-cache-size", 2048, "maximum number of image configs cached by digest (LRU)")
 	fs.IntVar(&c.TagCacheSize, "tag-cache-size", 4096, "maximum number of tag → digest entries cached (LRU)")
+	fs.Int64Var(&c.MaxManifestBytes, "max-manifest-bytes", resolve.DefaultMaxManifestBytes, "largest manifest or index read from a registry, in bytes; larger ones are refused before or while they are read")
+	fs.Int64Var(&c.MaxConfigBytes, "max-config-bytes", resolve.DefaultMaxConfigBytes, "largest image config read from a registry, in bytes")
+	fs.IntVar(&c.MaxColdLookups, "max-cold-lookups", resolve.DefaultMaxColdLookups, "registry lookups in flight at once (cache misses); more wait for a slot within --registry-timeout. With the size limits this bounds the memory lookups take")
 	fs.DurationVar(&c.TagTTL, "tag-ttl", time.Minute, "how long a resolved tag is reused; 0 disables the tag cache")
 	fs.DurationVar(&c.NegativeTTL, "negative-ttl", 5*time.Second, "how long a failed lookup (not found, refused, unreachable) is reused for the same credentials; 0 disables")
 	fs.StringVar(&c.Kubernetes, "kubernetes", KubernetesAuto, "Kubernetes access for pull secrets: auto (kubeconfig, else in-cluster, else off with a warning), on, or off")
@@ -144,6 +151,12 @@ func Load(args []string, lookup flagenv.Lookup, output io.Writer) (Config, error
 	}
 	if c.TagCacheSize < 1 {
 		errs = append(errs, errors.New("--tag-cache-size must be at least 1"))
+	}
+	if c.MaxManifestBytes < 1 || c.MaxConfigBytes < 1 {
+		errs = append(errs, errors.New("--max-manifest-bytes and --max-config-bytes must be positive"))
+	}
+	if c.MaxColdLookups < 1 {
+		errs = append(errs, errors.New("--max-cold-lookups must be at least 1"))
 	}
 	if c.TagTTL < 0 {
 		errs = append(errs, errors.New("--tag-ttl must not be negative"))

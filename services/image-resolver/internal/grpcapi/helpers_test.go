@@ -35,14 +35,17 @@ func newResolver(t testing.TB, roots *x509.CertPool, objs []runtime.Object, mods
 		kube = cs.CoreV1()
 	}
 	opts := resolve.Options{
-		Keychain:        keychain.New(kube),
-		DefaultPlatform: resolve.Platform{OS: "linux", Architecture: "amd64"},
-		RootCAs:         roots,
-		Timeout:         4 * time.Second,
-		ConfigCacheSize: 2048,
-		TagCacheSize:    4096,
-		TagTTL:          time.Minute,
-		NegativeTTL:     5 * time.Second,
+		Keychain:         keychain.New(kube),
+		DefaultPlatform:  resolve.Platform{OS: "linux", Architecture: "amd64"},
+		RootCAs:          roots,
+		Timeout:          4 * time.Second,
+		ConfigCacheSize:  2048,
+		TagCacheSize:     4096,
+		TagTTL:           time.Minute,
+		NegativeTTL:      5 * time.Second,
+		MaxManifestBytes: resolve.DefaultMaxManifestBytes,
+		MaxConfigBytes:   resolve.DefaultMaxConfigBytes,
+		MaxColdLookups:   resolve.DefaultMaxColdLookups,
 	}
 	for _, m := range mods {
 		m(&opts)

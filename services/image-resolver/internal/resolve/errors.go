@@ -99,6 +99,16 @@ func Outcome(err error) string {
 	return "internal"
 }
 
+// tooLarge refuses an image whose manifest or config is over the
+// resolver's limit (size -1: not declared, found while reading).
+func tooLarge(image, what string, size, limit int64) *Error {
+	flag := map[string]string{"manifest": "--max-manifest-bytes", "config": "--max-config-bytes"}[what]
+	if size < 0 {
+		return newError(ErrFailedPrecondition, nil, "image %s: its %s is larger than the resolver's limit of %d bytes (%s)", image, what, limit, flag)
+	}
+	return newError(ErrFailedPrecondition, nil, "image %s: its %s is %d bytes, over the resolver's limit of %d bytes (%s)", image, what, size, limit, flag)
+}
+
 func newError(kind error, cause error, format string, args ...any) *Error {
 	return &Error{Kind: kind, Message: fmt.Sprintf(format, args...), Err: cause}
 }
@@ -116,6 +126,10 @@ func (e *downgradeError) Error() string {
 // transport errors the lookup transport saw (go-containerregistry folds
 // the https and http ping errors into a type that does not unwrap).
 func classify(err error, image, registry string, timedOut bool, observed []error) *Error {
+	var size *sizeError
+	if errors.As(err, &size) || slices.ContainsFunc(observed, func(e error) bool { return errors.As(e, &size) }) {
+		return tooLarge(image, size.what, size.size, size.limit)
+	}
 	if timedOut {
 		return newError(ErrUnavailable, err, "registry %s did not answer %s in time", registry, image)
 	}

@@ -27,6 +27,19 @@ import (
 // MeterName is the instrumentation scope of the resolver's metrics.
 const MeterName = "github.com/piggysec/piggy/services/image-resolver/internal/resolve"
 
+// Defaults of the limits (the service's flags start from them).
+const (
+	// DefaultMaxManifestBytes is 4 MiB: real manifests and indexes are a
+	// few KiB; the OCI distribution spec asks registries to accept 4 MiB.
+	DefaultMaxManifestBytes = 4 << 20
+	// DefaultMaxConfigBytes is 1 MiB: image configs are a few KiB, with
+	// long histories tens of KiB.
+	DefaultMaxConfigBytes = 1 << 20
+	// DefaultMaxColdLookups bounds registry conversations in flight; with
+	// the size limits, about 16 x (4 + 1) MiB read at once at worst.
+	DefaultMaxColdLookups = 16
+)
+
 // Options configures a Resolver.
 type Options struct {
 	// Keychain gathers the pod's pull secrets, then the cloud sources (ECR);
@@ -49,6 +62,15 @@ type Options struct {
 	TagTTL time.Duration
 	// NegativeTTL is how long a failed lookup is reused; zero disables it.
 	NegativeTTL time.Duration
+	// MaxManifestBytes bounds a manifest or index read from a registry;
+	// a larger one is refused before (declared) or while (sent) it is read.
+	MaxManifestBytes int64
+	// MaxConfigBytes bounds an image config blob in the same way.
+	MaxConfigBytes int64
+	// MaxColdLookups bounds the registry conversations in flight; further
+	// cold lookups wait for a slot within the registry timeout. Together
+	// with the two size limits it bounds the memory lookups can take.
+	MaxColdLookups int
 	// UserAgent is sent to registries.
 	UserAgent string
 	// Logger receives debug logs; nil discards.
@@ -121,6 +143,8 @@ type Resolver struct {
 	configs    *cache.LRU[configKey, imageConfig]
 	flight     singleflight.Group
 	lookups    metric.Int64Counter
+	limits     sizeLimits
+	cold       chan struct{} // one token per registry conversation in flight
 }
 
 // tagEntry is what a tags key resolved to: a manifest digest, or a failure.
@@ -154,6 +178,9 @@ func New(opts Options) (*Resolver, error) {
 	}
 	if opts.TagTTL < 0 || opts.NegativeTTL < 0 {
 		return nil, errors.New("resolve: cache TTLs must not be negative")
+	}
+	if opts.MaxManifestBytes < 1 || opts.MaxConfigBytes < 1 || opts.MaxColdLookups < 1 {
+		return nil, errors.New("resolve: the size limits and the cold lookup limit must be positive")
 	}
 	insecure := map[string]bool{}
 	for _, h := range opts.InsecureRegistries {
@@ -197,6 +224,8 @@ func New(opts Options) (*Resolver, error) {
 		tags:       cache.New[string, tagEntry](opts.TagCacheSize, opts.TagTTL, opts.Now),
 		configs:    cache.New[configKey, imageConfig](opts.ConfigCacheSize, 0, opts.Now),
 		lookups:    lookups,
+		limits:     sizeLimits{manifest: opts.MaxManifestBytes, config: opts.MaxConfigBytes},
+		cold:       make(chan struct{}, opts.MaxColdLookups),
 	}
 	if err := r.registerCacheMetrics(meter); err != nil {
 		return nil, err
@@ -574,6 +603,17 @@ func (r *Resolver) fetch(callerCtx context.Context, t target, creds keychain.Can
 		}
 	}
 
+	select {
+	case r.cold <- struct{}{}:
+		defer func() { <-r.cold }()
+	case <-ctx.Done():
+		// Not a property of the image: nothing is cached.
+		e := newError(ErrUnavailable, ctx.Err(), "the resolver is busy (%d registry lookups in flight) and had no slot for %s in time", cap(r.cold), t.name)
+		f.steps.add("failed: %s", e.Message)
+		f.entry = tagEntry{err: e}
+		return f
+	}
+
 	var last *Error
 	for i, c := range cands {
 		f.steps.add("trying credentials: %s", c.Source)
@@ -611,7 +651,7 @@ func (r *Resolver) fetch(callerCtx context.Context, t target, creds keychain.Can
 
 // read resolves the reference with one credential candidate.
 func (r *Resolver) read(ctx context.Context, t target, c keychain.Candidate, st *steps) (tagEntry, imageConfig, *Error) {
-	lt := &lookupTransport{next: r.transports.verified, steps: st}
+	lt := &lookupTransport{next: r.transports.verified, steps: st, limits: r.limits}
 	if t.insecure {
 		lt.next, lt.httpHost = r.transports.insecure, t.registry
 	}
@@ -670,6 +710,9 @@ func (r *Resolver) read(ctx context.Context, t target, c keychain.Candidate, st 
 		if !child.MediaType.IsImage() {
 			return tagEntry{}, imageConfig{}, newError(ErrFailedPrecondition, nil, "image %s: the manifest for %s has unsupported media type %s", t.name, t.platform, child.MediaType)
 		}
+		if child.Size > r.limits.manifest {
+			return tagEntry{}, imageConfig{}, tooLarge(t.name, "manifest", child.Size, r.limits.manifest)
+		}
 		entry.digest, entry.platform = child.Digest, fromV1(child.Platform)
 		st.add("chose %s for %s", child.Digest, entry.platform)
 		image = func() (v1.Image, error) { return idx.Image(child.Digest) }
@@ -691,6 +734,13 @@ func (r *Resolver) read(ctx context.Context, t target, c keychain.Candidate, st 
 	img, err := image()
 	if err != nil {
 		return fail(err)
+	}
+	m, err := img.Manifest()
+	if err != nil {
+		return fail(err)
+	}
+	if m.Config.Size > r.limits.config {
+		return tagEntry{}, imageConfig{}, tooLarge(t.name, "config", m.Config.Size, r.limits.config)
 	}
 	cf, err := img.ConfigFile()
 	if err != nil {

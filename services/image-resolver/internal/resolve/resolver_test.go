@@ -33,14 +33,17 @@ func (c *clock) advance(d time.Duration) {
 func newResolver(t testing.TB, reg *registrytest.Registry, kube keychain.Kube, mods ...func(*resolve.Options)) *resolve.Resolver {
 	t.Helper()
 	opts := resolve.Options{
-		Keychain:        keychain.New(kube),
-		DefaultPlatform: resolve.Platform{OS: "linux", Architecture: "amd64"},
-		RootCAs:         reg.CertPool(),
-		Timeout:         4 * time.Second,
-		ConfigCacheSize: 16,
-		TagCacheSize:    16,
-		TagTTL:          time.Minute,
-		NegativeTTL:     5 * time.Second,
+		Keychain:         keychain.New(kube),
+		DefaultPlatform:  resolve.Platform{OS: "linux", Architecture: "amd64"},
+		RootCAs:          reg.CertPool(),
+		Timeout:          4 * time.Second,
+		ConfigCacheSize:  16,
+		TagCacheSize:     16,
+		TagTTL:           time.Minute,
+		NegativeTTL:      5 * time.Second,
+		MaxManifestBytes: resolve.DefaultMaxManifestBytes,
+		MaxConfigBytes:   resolve.DefaultMaxConfigBytes,
+		MaxColdLookups:   resolve.DefaultMaxColdLookups,
 	}
 	for _, m := range mods {
 		m(&opts)
@@ -108,7 +111,7 @@ func TestCacheLifetimes(t *testing.T) {
 }
 
 // TestLeastPrivilege shows the keychain only GETs the named secrets and
-// the named service account.
+// the named service account (here with a namespace the operator shares).
 func TestLeastPrivilege(t *testing.T) {
 	reg := registrytest.New(t, registrytest.Options{})
 	reg.Push(t, "app:1", registrytest.Image(t, "linux/amd64", []string{"/bin/app"}, nil))
@@ -117,7 +120,7 @@ func TestLeastPrivilege(t *testing.T) {
 		registrytest.DockerConfigJSONSecret("team", "unrelated", reg.Host, "u", "p"),
 		registrytest.ServiceAccount("team", "runner", "b"),
 	}...)
-	r := newResolver(t, reg, cs.CoreV1())
+	r := newResolver(t, reg, cs.CoreV1(), func(o *resolve.Options) { o.Keychain.AllowNamespaces("shared") })
 	_, err := r.Resolve(t.Context(), resolve.Request{
 		Image: reg.Ref("app:1"), Namespace: "team", ServiceAccount: "runner",
 		PullSecrets: []keychain.SecretRef{{Name: "a"}, {Namespace: "shared", Name: "c"}},
@@ -201,6 +204,7 @@ func TestNewRejectsBadOptions(t *testing.T) {
 	good := resolve.Options{
 		Keychain: keychain.New(nil), DefaultPlatform: resolve.Platform{OS: "linux", Architecture: "amd64"},
 		Timeout: time.Second, ConfigCacheSize: 1, TagCacheSize: 1,
+		MaxManifestBytes: 1, MaxConfigBytes: 1, MaxColdLookups: 1,
 	}
 	tests := []struct {
 		name string
@@ -211,6 +215,9 @@ func TestNewRejectsBadOptions(t *testing.T) {
 		{"no timeout", func(o *resolve.Options) { o.Timeout = 0 }},
 		{"no config cache", func(o *resolve.Options) { o.ConfigCacheSize = 0 }},
 		{"negative TTL", func(o *resolve.Options) { o.NegativeTTL = -time.Second }},
+		{"no manifest limit", func(o *resolve.Options) { o.MaxManifestBytes = 0 }},
+		{"no config limit", func(o *resolve.Options) { o.MaxConfigBytes = 0 }},
+		{"no cold lookup limit", func(o *resolve.Options) { o.MaxColdLookups = 0 }},
 		{"bad insecure registry", func(o *resolve.Options) { o.InsecureRegistries = []string{"http://x/"} }},
 	}
 	if _, err := resolve.New(good); err != nil {

@@ -3,8 +3,11 @@ package resolve
 import (
 	"crypto/tls"
 	"crypto/x509"
+	"fmt"
+	"io"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -64,6 +67,7 @@ func (m *measured) RoundTrip(req *http.Request) (*http.Response, error) {
 // keeps the transport errors it saw for classification.
 type lookupTransport struct {
 	next     http.RoundTripper
+	limits   sizeLimits
 	httpHost string // the one host plain HTTP may reach; empty: none
 	steps    *steps
 	mu       sync.Mutex
@@ -85,7 +89,74 @@ func (t *lookupTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		return nil, err
 	}
 	t.steps.add("%s %s://%s%s: %d", req.Method, req.URL.Scheme, req.URL.Host, req.URL.Path, resp.StatusCode)
+	if what, limit := t.limits.of(req); limit > 0 && resp.StatusCode == http.StatusOK {
+		if resp.ContentLength > limit {
+			resp.Body.Close()
+			err := &sizeError{what: what, size: resp.ContentLength, limit: limit}
+			t.observe(err)
+			return nil, err
+		}
+		resp.Body = &limitedBody{ReadCloser: resp.Body, left: limit, what: what, limit: limit, t: t}
+	}
 	return resp, nil
+}
+
+// sizeLimits bound what one lookup reads from a registry.
+type sizeLimits struct {
+	manifest, config int64
+}
+
+// of returns the limit of the answer to req: manifests and indexes by
+// manifest, blobs (the resolver reads only config blobs) by config; 0 for
+// anything else (token and ping requests).
+func (l sizeLimits) of(req *http.Request) (string, int64) {
+	switch p := req.URL.Path; {
+	case req.Method != http.MethodGet:
+		return "", 0
+	case strings.Contains(p, "/manifests/"):
+		return "manifest", l.manifest
+	case strings.Contains(p, "/blobs/"):
+		return "config", l.config
+	}
+	return "", 0
+}
+
+// sizeError is an answer over its limit.
+type sizeError struct {
+	what        string
+	size, limit int64 // size is -1 when the answer did not declare it
+}
+
+func (e *sizeError) Error() string {
+	if e.size < 0 {
+		return fmt.Sprintf("the %s is larger than the limit of %d bytes", e.what, e.limit)
+	}
+	return fmt.Sprintf("the %s is %d bytes, over the limit of %d bytes", e.what, e.size, e.limit)
+}
+
+// limitedBody fails the read that goes past the limit, so a registry that
+// sends more than it declared cannot make the lookup hold more.
+type limitedBody struct {
+	io.ReadCloser
+	left, limit int64
+	what        string
+	t           *lookupTransport
+}
+
+func (b *limitedBody) Read(p []byte) (int, error) {
+	if b.left < 0 {
+		return 0, &sizeError{what: b.what, size: -1, limit: b.limit}
+	}
+	if int64(len(p)) > b.left+1 {
+		p = p[:b.left+1] // one byte past the limit is enough to know
+	}
+	n, err := b.ReadCloser.Read(p)
+	if b.left -= int64(n); b.left < 0 {
+		e := &sizeError{what: b.what, size: -1, limit: b.limit}
+		b.t.observe(e)
+		return n, e
+	}
+	return n, err
 }
 
 func (t *lookupTransport) observe(err error) {
