@@ -175,6 +175,9 @@ func TestComposeFile(t *testing.T) {
 	if got := flagValue(resolver.Command, "insecure-registries"); got != "registry:5000" {
 		t.Errorf("resolver insecure registries %q", got)
 	}
+	if got := flagValue(resolver.Command, "allow-internal-registries"); got != "registry:5000" {
+		t.Errorf("resolver internal registries %q: the compose registry has a private address", got)
+	}
 	if d := service(t, p, "kube-setup").DependsOn["admission-gateway"]; d.Condition != types.ServiceConditionHealthy {
 		t.Error("kube-setup registers the webhook before the gateway is healthy")
 	}

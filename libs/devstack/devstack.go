@@ -385,7 +385,9 @@ func (s *Stack) startServices(ctx context.Context, brokerEnv []string) error {
 	var err error
 	s.resolver, err = startService(ctx, "image-resolver", filepath.Join(s.BinDir, "image-resolver"), append(tlsArgs(s.cert("image-resolver")),
 		"--grpc-address", addr(p.ResolverGRPC), "--metrics-address", "127.0.0.1:0", "--kubeconfig", kubeconfig,
-		"--registry-ca-file", filepath.Join(s.CertDir, "ca.crt")), nil, filepath.Join(s.LogDir, "image-resolver.log"), "grpc")
+		"--registry-ca-file", filepath.Join(s.CertDir, "ca.crt"),
+		// The stack's registry listens on loopback, which is refused by default.
+		"--allow-internal-registries", s.Registry), nil, filepath.Join(s.LogDir, "image-resolver.log"), "grpc")
 	if err != nil {
 		return err
 	}

@@ -46,7 +46,8 @@ func BenchmarkReviewHTTPS(b *testing.B) {
 	reg := registrytest.New(b, registrytest.Options{})
 	reg.Push(b, "app:1", registrytest.Image(b, "linux/amd64", []string{"/app"}, []string{"serve"}))
 	resolverProc := proctest.Start(b, proctest.Build(b, "../image-resolver"), append(pki.TLSArgs(),
-		"--grpc-address=127.0.0.1:0", "--metrics-address=127.0.0.1:0", "--kubernetes=off", "--registry-ca-file", reg.CAFile(b)),
+		"--grpc-address=127.0.0.1:0", "--metrics-address=127.0.0.1:0", "--kubernetes=off", "--registry-ca-file", reg.CAFile(b),
+		"--allow-internal-registries", reg.Host),
 		benchEnv())
 	addrs := resolverProc.Addresses(b, "grpc", "metrics")
 	resolverAddr := addrs["grpc"]

@@ -77,7 +77,7 @@ func startStack(t *testing.T, label string, resolverAddr string, gatewayArgs ...
 	if resolverAddr == "" {
 		resolver := proctest.Start(t, proctest.Build(t, "../image-resolver"), append(s.pki.TLSArgs(),
 			"--grpc-address=127.0.0.1:0", "--metrics-address=127.0.0.1:0",
-			"--kubeconfig", c.KubeconfigPath(), "--registry-ca-file", caFile), nil)
+			"--kubeconfig", c.KubeconfigPath(), "--registry-ca-file", caFile, "--allow-internal-networks=127.0.0.0/8"), nil)
 		resolverAddr = resolver.Addresses(t, "grpc")["grpc"]
 	}
 	// gatewayArgs come last: they override the defaults here.

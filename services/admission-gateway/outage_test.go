@@ -22,7 +22,7 @@ func TestRecoveryAfterResolverOutage(t *testing.T) {
 	startResolver := func(s *stack, caFile string) {
 		resolver = proctest.Start(t, proctest.Build(t, "../image-resolver"), append(s.pki.TLSArgs(),
 			"--grpc-address="+addr, "--metrics-address=127.0.0.1:0",
-			"--kubeconfig", kube.Cluster(t).KubeconfigPath(), "--registry-ca-file", caFile), nil)
+			"--kubeconfig", kube.Cluster(t).KubeconfigPath(), "--registry-ca-file", caFile, "--allow-internal-networks=127.0.0.0/8"), nil)
 		resolver.Addresses(t, "grpc") // serving
 	}
 	s := startStack(t, "outage", addr)

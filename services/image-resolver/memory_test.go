@@ -48,7 +48,7 @@ func TestMemoryUnderHugeConfigs(t *testing.T) {
 	bin := proctest.Build(t, ".")
 	pki := proctest.NewPKI(t)
 	args := append([]string{"--grpc-address=127.0.0.1:0", "--metrics-address=127.0.0.1:0", "--kubernetes=off", "--ecr=off",
-		"--registry-ca-file", reg.CAFile(t), "--default-platform=linux/amd64", "--registry-timeout=20s"}, pki.TLSArgs()...)
+		"--registry-ca-file", reg.CAFile(t), "--allow-internal-networks=127.0.0.0/8", "--default-platform=linux/amd64", "--registry-timeout=20s"}, pki.TLSArgs()...)
 	p := proctest.Start(t, bin, args, nil)
 	addrs := p.Addresses(t, "grpc", "metrics")
 	conn, err := grpc.NewClient(addrs["grpc"], grpc.WithTransportCredentials(credentials.NewTLS(pki.Peer.ClientConfig("127.0.0.1"))))

@@ -28,7 +28,7 @@ func TestProcessResolvesAndExportsMetrics(t *testing.T) {
 	bin := proctest.Build(t, ".")
 	pki := proctest.NewPKI(t)
 	args := append([]string{"--grpc-address=127.0.0.1:0", "--metrics-address=127.0.0.1:0", "--kubernetes=off",
-		"--registry-ca-file", reg.CAFile(t), "--default-platform=linux/amd64"}, pki.TLSArgs()...)
+		"--registry-ca-file", reg.CAFile(t), "--allow-internal-registries", reg.Host, "--default-platform=linux/amd64"}, pki.TLSArgs()...)
 	p := proctest.Start(t, bin, args, nil)
 	addrs := p.Addresses(t, "grpc", "metrics")
 

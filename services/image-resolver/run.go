@@ -57,6 +57,7 @@ func run(ctx context.Context, args []string, lookup flagenv.Lookup) error {
 		Keychain:           keychain.New(kube, cloud...).AllowNamespaces(cfg.PullSecretNamespaces...),
 		DefaultPlatform:    cfg.DefaultPlatform,
 		InsecureRegistries: cfg.InsecureRegistries,
+		Destinations:       cfg.Destinations,
 		RootCAs:            roots,
 		Timeout:            cfg.RegistryTimeout,
 		ConfigCacheSize:    cfg.ConfigCacheSize,

@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/netip"
 	"strings"
 	"time"
 
@@ -61,6 +62,10 @@ type Config struct {
 	// InsecureRegistries (host[:port]) may be reached without TLS
 	// verification or over plain HTTP when a request sets skip_tls_verify.
 	InsecureRegistries []string
+	// Destinations are the registries and networks with internal addresses
+	// (loopback, private, link-local) the resolver may reach; others are
+	// refused after DNS resolution and on every redirect.
+	Destinations resolve.Destinations
 	// RegistryCAFile is a PEM bundle trusted for registries in addition to
 	// the system roots; empty for none.
 	RegistryCAFile string
@@ -93,10 +98,11 @@ type Config struct {
 // Usage and errors of the flag package go to output.
 func Load(args []string, lookup flagenv.Lookup, output io.Writer) (Config, error) {
 	var (
-		c        Config
-		platform string
-		insecure string
-		ecrRegs  string
+		c                          Config
+		platform                   string
+		insecure                   string
+		ecrRegs                    string
+		internalRegs, internalNets flagenv.List
 	)
 	fs := flag.NewFlagSet("image-resolver", flag.ContinueOnError)
 	fs.SetOutput(output)
@@ -107,6 +113,8 @@ func Load(args []string, lookup flagenv.Lookup, output io.Writer) (Config, error
 	fs.Var(&c.PullSecretNamespaces, "pull-secret-namespaces", "comma-separated namespaces, besides the request's own, whose pull secrets a request may name; others are refused before anything is read (the admission-gateway's --pull-secret-namespaces should match); empty: none")
 	fs.StringVar(&platform, "default-platform", "linux/amd64", "platform (os/architecture[/variant]) used for the fields a request leaves empty")
 	fs.StringVar(&insecure, "insecure-registries", "", "comma-separated host[:port] list of registries a request with skip_tls_verify may reach without TLS verification or over plain HTTP")
+	fs.Var(&internalRegs, "allow-internal-registries", "comma-separated host[:port] list of registries that may have internal addresses (loopback, private, link-local, shared); without a port, any port. Others are refused after DNS resolution and on every redirect")
+	fs.Var(&internalNets, "allow-internal-networks", "comma-separated CIDR list of internal networks every registry may reach (for example a private blob store registries redirect to)")
 	fs.StringVar(&c.RegistryCAFile, "registry-ca-file", "", "PEM CA bundle trusted for registry TLS in addition to the system roots (read at start)")
 	fs.DurationVar(&c.RegistryTimeout, "registry-timeout", 4*time.Second, "bound on the registry and Kubernetes calls of one lookup")
 	fs.IntVar(&c.ConfigCacheSize, "config-cache-size", 2048, "maximum number of image configs cached by digest (LRU)")
@@ -142,6 +150,22 @@ func Load(args []string, lookup flagenv.Lookup, output io.Writer) (Config, error
 			continue
 		}
 		c.InsecureRegistries = append(c.InsecureRegistries, reg)
+	}
+	for _, h := range internalRegs {
+		reg, err := resolve.NormalizeRegistry(h)
+		if err != nil || strings.Contains(h, "/") {
+			errs = append(errs, fmt.Errorf("--allow-internal-registries: %q is not a host[:port]", h))
+			continue
+		}
+		c.Destinations.Registries = append(c.Destinations.Registries, reg)
+	}
+	for _, n := range internalNets {
+		p, err := netip.ParsePrefix(n)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("--allow-internal-networks: %q is not a CIDR (e.g. 10.0.0.0/8)", n))
+			continue
+		}
+		c.Destinations.Networks = append(c.Destinations.Networks, p.Masked())
 	}
 	if c.RegistryTimeout <= 0 {
 		errs = append(errs, errors.New("--registry-timeout must be positive"))

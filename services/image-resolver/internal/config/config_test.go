@@ -2,6 +2,7 @@ package config
 
 import (
 	"io"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -60,6 +61,26 @@ func TestLoad(t *testing.T) {
 					t.Errorf("config mismatch (-want +got):\n%s", diff)
 				}
 			},
+		},
+		{
+			name: "limits, internal destinations and pull-secret namespaces",
+			args: []string{"--max-config-bytes=2048", "--max-cold-lookups=3", "--allow-internal-registries=registry.internal:5000, docker.io", "--allow-internal-networks=10.1.2.3/8,fd00::/8"},
+			env:  map[string]string{"PULL_SECRET_NAMESPACES": "registry-creds"},
+			check: func(t *testing.T, c Config) {
+				got := []any{c.MaxManifestBytes, c.MaxConfigBytes, c.MaxColdLookups, c.Destinations, []string(c.PullSecretNamespaces)}
+				want := []any{int64(resolve.DefaultMaxManifestBytes), int64(2048), 3, resolve.Destinations{
+					Registries: []string{"registry.internal:5000", "index.docker.io"},
+					Networks:   []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("fd00::/8")},
+				}, []string{"registry-creds"}}
+				if diff := cmp.Diff(want, got, cmp.Comparer(func(a, b netip.Prefix) bool { return a == b })); diff != "" {
+					t.Errorf("config mismatch (-want +got):\n%s", diff)
+				}
+			},
+		},
+		{
+			name:    "invalid limits and destinations",
+			args:    []string{"--max-config-bytes=0", "--max-cold-lookups=0", "--allow-internal-registries=https://x/y", "--allow-internal-networks=10.0.0.0"},
+			wantErr: []string{"--max-manifest-bytes and --max-config-bytes must be positive", "--max-cold-lookups must be at least 1", `--allow-internal-registries: "https://x/y"`, `--allow-internal-networks: "10.0.0.0" is not a CIDR`},
 		},
 		{
 			name:  "ECR defaults to auto",

@@ -36,6 +36,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/authn"
 	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
 	"golang.org/x/sync/singleflight"
+
+	"github.com/piggysec/piggy/services/image-resolver/internal/cache"
 )
 
 // hostPattern matches ECR private registry hosts:
@@ -124,10 +126,19 @@ type Keychain struct {
 	now        func() time.Time
 	flight     singleflight.Group
 
-	mu      sync.Mutex
-	clients map[string]API    // by region, created once
-	tokens  map[string]*entry // by region
+	mu sync.Mutex // makes creating a region's client happen once
+	// By region, at most maxRegions each: the region comes from the
+	// registry host a pod creator writes, so fake regions must not grow
+	// them. AWS has a few dozen regions and a cluster uses a handful.
+	clients *cache.LRU[string, API]
+	tokens  *cache.LRU[string, *entry]
 }
+
+// maxRegions bounds the regions whose client and token are kept.
+const maxRegions = 32
+
+// Regions returns how many regions have a client (tests of the bound).
+func (k *Keychain) Regions() int { return k.clients.Len() }
 
 // entry is a region's cached token or failure.
 type entry struct {
@@ -152,8 +163,8 @@ func New(opts Options) (*Keychain, error) {
 		newClient:  opts.NewClient,
 		log:        opts.Logger,
 		now:        opts.Now,
-		clients:    map[string]API{},
-		tokens:     map[string]*entry{},
+		clients:    cache.New[string, API](maxRegions, 0, nil),
+		tokens:     cache.New[string, *entry](maxRegions, 0, nil),
 	}
 	for host, region := range opts.Registries {
 		if !ValidRegion(region) {
@@ -248,9 +259,7 @@ func (k *Keychain) ResolveContext(ctx context.Context, target authn.Resource) (a
 
 // cached returns the live cache entry of region, or nil.
 func (k *Keychain) cached(region string) *entry {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	if e := k.tokens[region]; e != nil && k.now().Before(e.until) {
+	if e, ok := k.tokens.Peek(region); ok && k.now().Before(e.until) {
 		return e
 	}
 	return nil
@@ -260,10 +269,10 @@ func (k *Keychain) cached(region string) *entry {
 func (k *Keychain) client(region string) API {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	c := k.clients[region]
-	if c == nil {
+	c, ok := k.clients.Get(region)
+	if !ok {
 		c = k.newClient(region)
-		k.clients[region] = c
+		k.clients.Add(region, c)
 	}
 	return c
 }
@@ -292,13 +301,11 @@ func (k *Keychain) fetch(callerCtx context.Context, region string) *entry {
 		e.until = expires.Add(-margin)
 		k.log.DebugContext(ctx, "ECR authorization token fetched", "region", region, "expires", expires)
 	}
-	k.mu.Lock()
 	if e.until.After(start) {
-		k.tokens[region] = e
+		k.tokens.Add(region, e)
 	} else {
-		delete(k.tokens, region)
+		k.tokens.Remove(region)
 	}
-	k.mu.Unlock()
 	return e
 }
 

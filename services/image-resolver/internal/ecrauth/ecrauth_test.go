@@ -3,6 +3,7 @@ package ecrauth_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
@@ -175,5 +176,24 @@ func TestNewRejectsBadOptions(t *testing.T) {
 		if _, err := ecrauth.New(o); err == nil {
 			t.Errorf("New(%+v) succeeded", o)
 		}
+	}
+}
+
+// TestFakeRegionsAreBounded is the admission issue's growth attack: pod
+// creators write registry hosts, so each made-up region in an ECR-shaped
+// host would add a client and a token entry for the life of the process.
+// They are kept for at most a fixed number of regions, and the real
+// registry keeps working after the flood.
+func TestFakeRegionsAreBounded(t *testing.T) {
+	env := ecrauthtest.New(t)
+	for i := range 200 {
+		host := fmt.Sprintf("123456789012.dkr.ecr.xx-fake-%d.amazonaws.com", i)
+		_, _ = env.Keychain.ResolveContext(t.Context(), resource(t, host)) // awslocal answers for any region
+	}
+	if got := env.Keychain.Regions(); got > 32 {
+		t.Errorf("%d regions kept after 200 made-up ones, want at most 32", got)
+	}
+	if _, err := env.Keychain.ResolveContext(t.Context(), resource(t, env.Registry.Host)); err != nil {
+		t.Errorf("the real registry after the flood: %v", err)
 	}
 }

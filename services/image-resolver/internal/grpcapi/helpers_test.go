@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/x509"
 	"net"
+	"net/netip"
 	"testing"
 	"time"
 
@@ -38,6 +39,7 @@ func newResolver(t testing.TB, roots *x509.CertPool, objs []runtime.Object, mods
 		Keychain:         keychain.New(kube),
 		DefaultPlatform:  resolve.Platform{OS: "linux", Architecture: "amd64"},
 		RootCAs:          roots,
+		Destinations:     loopbackAllowed,
 		Timeout:          4 * time.Second,
 		ConfigCacheSize:  2048,
 		TagCacheSize:     4096,
@@ -107,3 +109,7 @@ func pool(regs ...*registrytest.Registry) *x509.CertPool {
 	}
 	return p
 }
+
+// loopbackAllowed lets the resolver reach the tests' registries, which
+// listen on loopback (TestInternalDestinations covers the default).
+var loopbackAllowed = resolve.Destinations{Networks: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")}}

@@ -2,8 +2,13 @@ package grpcapi_test
 
 import (
 	"encoding/json"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
 	"strings"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -93,6 +98,71 @@ func TestPullSecretOfAnotherNamespace(t *testing.T) {
 		got, err := client.ResolveImage(t.Context(), &imageresolverv1.ResolveImageRequest{Image: image, Namespace: "attacker", PullSecrets: secrets("other/shared")})
 		if err != nil || got.GetDigest() != f.digests["private/app:1"] {
 			t.Fatalf("shared pull secret: %v, digest %q", err, got.GetDigest())
+		}
+	})
+}
+
+// TestInternalDestinations is the admission issue's network probing
+// attack: a pod creator names registries on loopback (here standing for
+// every internal network) to learn what answers where from the
+// resolver's distinct errors. By default the resolver connects to none of
+// them and gives one message whatever is there: a registry, a closed
+// port, a silent listener, a name resolving to loopback, or a redirect
+// from a reachable registry to one. The operator can allow a registry by
+// name or a network; its errors then stay specific.
+func TestInternalDestinations(t *testing.T) {
+	reg := registrytest.New(t, registrytest.Options{})
+	reg.Push(t, "app:1", registrytest.Image(t, "linux/amd64", []string{"/bin/app"}, nil))
+	closed, silent := registrytest.ClosedPort(t), registrytest.Blackhole(t)
+	// front is a registry the operator allows by name that redirects every
+	// manifest request to the internal one, as registries redirect blobs.
+	front := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		if req.URL.Path == "/v2/" {
+			return
+		}
+		http.Redirect(w, req, "https://"+reg.Host+req.URL.Path, http.StatusTemporaryRedirect)
+	}))
+	t.Cleanup(front.Close)
+	frontHost := strings.TrimPrefix(front.URL, "https://")
+	_, regPort, _ := net.SplitHostPort(reg.Host)
+	roots := pool(reg)
+	roots.AddCert(front.Certificate())
+	lookup := func(t *testing.T, d resolve.Destinations, image string) error {
+		r, _ := newResolver(t, roots, nil, func(o *resolve.Options) { o.Destinations, o.Timeout = d, 2*time.Second })
+		_, err := serveGRPC(t, r).ResolveImage(t.Context(), &imageresolverv1.ResolveImageRequest{Image: image})
+		return err
+	}
+
+	for _, tt := range []struct{ name, image, registry string }{
+		{"a registry", reg.Ref("app:1"), reg.Host},
+		{"a closed port", closed + "/app:1", closed},
+		{"a silent listener", silent + "/app:1", silent},
+		{"a name resolving to loopback", "localhost:" + regPort + "/app:1", "localhost:" + regPort},
+		{"a redirect from an allowed registry", frontHost + "/app:1", frontHost},
+	} {
+		t.Run("refused: "+tt.name, func(t *testing.T) {
+			before := reg.Requests()
+			err := lookup(t, resolve.Destinations{Registries: []string{frontHost}}, tt.image)
+			if want := "registry " + tt.registry + " is not allowed"; status.Code(err) != codes.PermissionDenied || status.Convert(err).Message() != want {
+				t.Errorf("%v, want PermissionDenied %q", err, want)
+			}
+			if got := reg.Requests() - before; got != 0 {
+				t.Errorf("the internal registry served %d requests", got)
+			}
+		})
+	}
+	t.Run("allowed by name", func(t *testing.T) {
+		if err := lookup(t, resolve.Destinations{Registries: []string{reg.Host}}, reg.Ref("app:1")); err != nil {
+			t.Errorf("allowed registry: %v", err)
+		}
+		err := lookup(t, resolve.Destinations{Registries: []string{closed}}, closed+"/app:1")
+		if status.Code(err) != codes.Unavailable || !strings.Contains(status.Convert(err).Message(), "unreachable") {
+			t.Errorf("allowed closed port: %v, want the specific Unavailable message", err)
+		}
+	})
+	t.Run("allowed by network", func(t *testing.T) {
+		if err := lookup(t, resolve.Destinations{Networks: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}}, frontHost+"/app:1"); err != nil {
+			t.Errorf("redirect within an allowed network: %v", err)
 		}
 	})
 }

@@ -44,4 +44,13 @@
 // the operator listed in --insecure-registries; anywhere else plain HTTP is
 // refused, including go-containerregistry's own fallback for loopback and
 // private-address registries.
+//
+// # Limits
+//
+// Pod creators choose the registry, so what a lookup may reach and read is
+// bounded: connections to internal addresses are refused after DNS
+// resolution and on every redirect unless the operator allows them
+// ([Destinations]), manifests and configs over the size limits are refused
+// before or while they are read, and at most MaxColdLookups registry
+// conversations run at once. Metric labels take a bounded set of hosts.
 package resolve

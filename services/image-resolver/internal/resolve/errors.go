@@ -126,6 +126,11 @@ func (e *downgradeError) Error() string {
 // transport errors the lookup transport saw (go-containerregistry folds
 // the https and http ping errors into a type that does not unwrap).
 func classify(err error, image, registry string, timedOut bool, observed []error) *Error {
+	var dest *destinationError
+	if errors.As(err, &dest) || slices.ContainsFunc(observed, func(e error) bool { return errors.As(e, &dest) }) {
+		// One message for every refused destination (see destinationError).
+		return newError(ErrPermissionDenied, err, "registry %s is not allowed", registry)
+	}
 	var size *sizeError
 	if errors.As(err, &size) || slices.ContainsFunc(observed, func(e error) bool { return errors.As(e, &size) }) {
 		return tooLarge(image, size.what, size.size, size.limit)

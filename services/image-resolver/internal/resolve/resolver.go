@@ -50,6 +50,9 @@ type Options struct {
 	// InsecureRegistries (host[:port]) may be reached without TLS
 	// verification or over plain HTTP, when a request asks for it.
 	InsecureRegistries []string
+	// Destinations are the internal addresses registries may have; others
+	// are refused after DNS resolution, redirects included.
+	Destinations Destinations
 	// RootCAs verify registry certificates; nil means the system roots.
 	RootCAs *x509.CertPool
 	// Timeout bounds the registry and Kubernetes calls of one lookup.
@@ -190,6 +193,10 @@ func New(opts Options) (*Resolver, error) {
 		}
 		insecure[reg] = true
 	}
+	dial, err := newDialer(opts.Destinations)
+	if err != nil {
+		return nil, err
+	}
 	mp := opts.MeterProvider
 	if mp == nil {
 		mp = otel.GetMeterProvider()
@@ -219,7 +226,7 @@ func New(opts Options) (*Resolver, error) {
 		tagTTL:     opts.TagTTL,
 		userAgent:  opts.UserAgent,
 		log:        log,
-		transports: newTransports(opts.RootCAs, latency),
+		transports: newTransports(opts.RootCAs, dial, latency),
 		refs:       cache.New[refKey, parsedRef](opts.TagCacheSize, 0, opts.Now),
 		tags:       cache.New[string, tagEntry](opts.TagCacheSize, opts.TagTTL, opts.Now),
 		configs:    cache.New[configKey, imageConfig](opts.ConfigCacheSize, 0, opts.Now),

@@ -2,6 +2,9 @@ package resolve_test
 
 import (
 	"errors"
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	"go.opentelemetry.io/otel/sdk/metric/metricdata"
+	"net/netip"
 	"slices"
 	"strings"
 	"sync"
@@ -36,6 +39,7 @@ func newResolver(t testing.TB, reg *registrytest.Registry, kube keychain.Kube, m
 		Keychain:         keychain.New(kube),
 		DefaultPlatform:  resolve.Platform{OS: "linux", Architecture: "amd64"},
 		RootCAs:          reg.CertPool(),
+		Destinations:     loopbackAllowed,
 		Timeout:          4 * time.Second,
 		ConfigCacheSize:  16,
 		TagCacheSize:     16,
@@ -231,5 +235,43 @@ func TestNewRejectsBadOptions(t *testing.T) {
 				t.Error("New() = nil error, want one")
 			}
 		})
+	}
+}
+
+// loopbackAllowed lets the resolver reach the tests' registries, which
+// listen on loopback (TestInternalDestinations covers the default).
+var loopbackAllowed = resolve.Destinations{Networks: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")}}
+
+// TestLatencyLabelsAreBounded is the admission issue's label growth
+// attack: every registry host a pod names would become a server.address
+// value of the latency metric, a time series kept for the life of the
+// process. Past a fixed number of hosts they share one value.
+func TestLatencyLabelsAreBounded(t *testing.T) {
+	reader := sdkmetric.NewManualReader()
+	r := newResolver(t, registrytest.New(t, registrytest.Options{}), nil, func(o *resolve.Options) {
+		o.MeterProvider = sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
+		o.NegativeTTL = 0
+	})
+	const hosts = 100
+	for range hosts {
+		_, _ = r.Resolve(t.Context(), resolve.Request{Image: registrytest.ClosedPort(t) + "/app:1"})
+	}
+	var rm metricdata.ResourceMetrics
+	if err := reader.Collect(t.Context(), &rm); err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]bool{}
+	for _, sm := range rm.ScopeMetrics {
+		for _, m := range sm.Metrics {
+			if h, ok := m.Data.(metricdata.Histogram[float64]); ok && m.Name == "piggy_image_resolver_registry_request_duration" {
+				for _, dp := range h.DataPoints {
+					v, _ := dp.Attributes.Value("server.address")
+					seen[v.AsString()] = true
+				}
+			}
+		}
+	}
+	if len(seen) < 2 || len(seen) > 65 || !seen["other"] {
+		t.Errorf("%d server.address values after %d hosts (other: %v), want at most 64 hosts plus \"other\"", len(seen), hosts, seen["other"])
 	}
 }

@@ -24,15 +24,17 @@ type transports struct {
 	verified, insecure http.RoundTripper
 }
 
-func newTransports(rootCAs *x509.CertPool, latency metric.Float64Histogram) transports {
+func newTransports(rootCAs *x509.CertPool, dial *dialer, latency metric.Float64Histogram) transports {
 	base := http.DefaultTransport.(*http.Transport).Clone()
+	base.DialContext = dial.DialContext
 	base.TLSClientConfig = &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: rootCAs}
 	base.MaxIdleConnsPerHost = 16
 	base.ResponseHeaderTimeout = 30 * time.Second // the lookup's context is the real bound
 	insecure := base.Clone()
 	insecure.TLSClientConfig = &tls.Config{MinVersion: tls.VersionTLS12, InsecureSkipVerify: true} //nolint:gosec // operator-listed insecure registries only
+	labels := &hostLabels{}
 	wrap := func(rt http.RoundTripper) http.RoundTripper {
-		return otelhttp.NewTransport(&measured{next: rt, latency: latency},
+		return otelhttp.NewTransport(&measured{next: rt, latency: latency, hosts: labels},
 			otelhttp.WithSpanNameFormatter(func(_ string, r *http.Request) string { return "registry " + r.Method }))
 	}
 	return transports{verified: wrap(base), insecure: wrap(insecure)}
@@ -42,6 +44,38 @@ func newTransports(rootCAs *x509.CertPool, latency metric.Float64Histogram) tran
 type measured struct {
 	next    http.RoundTripper
 	latency metric.Float64Histogram
+	hosts   *hostLabels // shared by both stacks
+}
+
+// maxHostLabels bounds the server.address values of the latency metric:
+// pod creators choose registry hosts, and every distinct label value is a
+// time series kept for the life of the process (and by Prometheus).
+const maxHostLabels = 64
+
+// otherHosts is the server.address of hosts beyond the first maxHostLabels.
+const otherHosts = "other"
+
+// hostLabels hands out a metric label per registry host, first come, up
+// to maxHostLabels; later hosts share otherHosts.
+type hostLabels struct {
+	mu   sync.Mutex
+	seen map[string]bool
+}
+
+func (h *hostLabels) label(host string) string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.seen[host] {
+		return host
+	}
+	if len(h.seen) >= maxHostLabels {
+		return otherHosts
+	}
+	if h.seen == nil {
+		h.seen = map[string]bool{}
+	}
+	h.seen[host] = true
+	return host
 }
 
 // RoundTrip implements http.RoundTripper.
@@ -55,7 +89,7 @@ func (m *measured) RoundTrip(req *http.Request) (*http.Response, error) {
 	m.latency.Record(req.Context(), time.Since(start).Seconds(), metric.WithAttributes(
 		attribute.String("http.request.method", req.Method),
 		attribute.String("http.response.status_code", status),
-		attribute.String("server.address", req.URL.Host),
+		attribute.String("server.address", m.hosts.label(req.URL.Host)),
 	))
 	return resp, err
 }
