@@ -7,6 +7,7 @@ package daemon
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
@@ -14,6 +15,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/pprof"
+	"slices"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -183,14 +185,47 @@ func (d *Daemon) ServeGRPC(name, addr string, s *grpc.Server, h *health.Server) 
 	return nil
 }
 
+// ClientCertificates restrict an HTTPS server to clients presenting a
+// certificate. The zero value asks clients for none.
+type ClientCertificates struct {
+	// CAFile is the PEM bundle that must have signed the client's
+	// certificate; re-read like the service's own TLS files. Empty: no
+	// client certificate is asked for.
+	CAFile string
+	// Names, when set, are the certificate names (DNS/URI SAN or common
+	// name) one of which the client's certificate must carry.
+	Names []string
+}
+
 // ServeHTTPS listens on addr and serves handler with server TLS (clients
 // are not asked for certificates) until the daemon stops.
 func (d *Daemon) ServeHTTPS(name, addr string, handler http.Handler) error {
+	return d.ServeHTTPSFor(name, addr, handler, ClientCertificates{})
+}
+
+// ServeHTTPSFor is ServeHTTPS for the clients c admits: a client without
+// such a certificate is refused in the TLS handshake, before any request.
+func (d *Daemon) ServeHTTPSFor(name, addr string, handler http.Handler, c ClientCertificates) error {
+	cfg := d.TLS.ServerConfig(false)
+	if c.CAFile != "" {
+		clients, err := tlsreload.Load(tlsreload.Files{CAFile: c.CAFile})
+		if err != nil {
+			return fmt.Errorf("%s client CA: %w", name, err)
+		}
+		d.Go(func(ctx context.Context) error { return clients.Run(ctx, d.settings.TLSReloadInterval, d.Log) })
+		cfg = d.TLS.ServerConfigFor(clients, func(cert *x509.Certificate) error {
+			ids := serve.CertificateIdentities(cert)
+			if len(c.Names) == 0 || slices.ContainsFunc(ids, func(id string) bool { return slices.Contains(c.Names, id) }) {
+				return nil
+			}
+			return fmt.Errorf("client certificate names %q are not among %q", ids, c.Names)
+		})
+	}
 	ln, err := serve.Listen(d.ctx, name, addr)
 	if err != nil {
 		return err
 	}
-	srv := serve.NewHTTPServer(serve.HTTPOptions{Handler: handler, TLS: d.TLS.ServerConfig(false), Name: name, Logger: d.Log})
+	srv := serve.NewHTTPServer(serve.HTTPOptions{Handler: handler, TLS: cfg, Name: name, Logger: d.Log})
 	d.Log.InfoContext(d.ctx, "serving HTTPS", "server", name, "address", ln.Addr().String())
 	d.Go(func(ctx context.Context) error { return serve.HTTP(ctx, srv, ln, d.settings.ShutdownGrace) })
 	return nil

@@ -390,8 +390,9 @@ func checkNetworkPolicies(t *testing.T, objs []*unstructured.Unstructured, disab
 		}
 		switch c {
 		case "admission-gateway":
-			if r, ok := rules["webhook"]; !ok || len(r.From) != 0 {
-				t.Errorf("gateway webhook port must be open to any source (the API server): %+v", r)
+			// Only the listed sources (none by default) and the helm test pod.
+			if r, ok := rules["webhook"]; !ok || len(r.From) != 1 || r.From[0].PodSelector == nil || r.From[0].PodSelector.MatchLabels["app.kubernetes.io/name"] != "test" {
+				t.Errorf("gateway webhook port must admit only the test pod by default: %+v", r)
 			}
 		case "image-resolver":
 			r := rules["grpc"]
@@ -573,7 +574,7 @@ func TestOTLPAndServiceMonitors(t *testing.T) {
 func TestRBAC(t *testing.T) {
 	objs := helmTemplate(t)
 	want := map[string][]rbacv1.PolicyRule{
-		"admission-gateway": {{APIGroups: []string{""}, Resources: []string{"configmaps", "secrets"}, Verbs: []string{"get"}}},
+		"admission-gateway": {{APIGroups: []string{""}, Resources: []string{"configmaps"}, Verbs: []string{"get"}}},
 		"image-resolver":    {{APIGroups: []string{""}, Resources: []string{"secrets", "serviceaccounts"}, Verbs: []string{"get"}}},
 		"secret-broker": {
 			{APIGroups: []string{"authentication.k8s.io"}, Resources: []string{"tokenreviews"}, Verbs: []string{"create"}},
@@ -593,6 +594,29 @@ func TestRBAC(t *testing.T) {
 		if sa.AutomountServiceAccountToken == nil || *sa.AutomountServiceAccountToken {
 			t.Errorf("%s: ServiceAccount mounts its token by default", c)
 		}
+	}
+	if roles := find(objs, "Role", ""); len(roles) != 0 {
+		t.Errorf("default render grants Secret reads: %s", names(roles))
+	}
+	// Secret reads are granted per listed namespace, never in the
+	// release namespace (the CA key).
+	gwObjs := helmTemplate(t, "--set-json", `admission-gateway.secretReadNamespaces=["team-a","team-b"]`)
+	for _, ns := range []string{"team-a", "team-b"} {
+		var role *rbacv1.Role
+		for _, r := range find(gwObjs, "Role", name("admission-gateway")+"-secrets") {
+			if r.GetNamespace() == ns {
+				role = convert[rbacv1.Role](t, r)
+			}
+		}
+		if role == nil || !cmp.Equal(role.Rules, []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"secrets"}, Verbs: []string{"get"}}}) {
+			t.Errorf("namespace %s: Role %+v", ns, role)
+		}
+	}
+	if gw := one[appsv1.Deployment](t, gwObjs, "Deployment", name("admission-gateway")).Spec.Template.Spec.Containers[0]; !slices.Contains(gw.Args, "--secret-read-namespaces=team-a,team-b") {
+		t.Errorf("gateway args %v", gw.Args)
+	}
+	if out, err := helmTemplateRaw(t, "--set-json", `admission-gateway.secretReadNamespaces=["`+releaseNamespace+`"]`); err == nil || !strings.Contains(out, "must not list the release namespace") {
+		t.Errorf("secretReadNamespaces with the release namespace rendered: %v\n%.300s", err, out)
 	}
 	objs = helmTemplate(t, "--set", "secret-broker.podInformer=false", "--set", "image-resolver.pullSecrets=false",
 		"--set", "secret-broker.aws.roleArn=arn:aws:iam::123456789012:role/piggy-broker")

@@ -98,10 +98,12 @@ func PeerIdentities(ctx context.Context) []string {
 	}
 	// The handshake verified this certificate: NewGRPCServer accepts only
 	// TLS configurations that verify client certificates.
-	return certIdentities(info.State.PeerCertificates[0])
+	return CertificateIdentities(info.State.PeerCertificates[0])
 }
 
-func certIdentities(cert *x509.Certificate) []string {
+// CertificateIdentities are the names a certificate identifies its holder
+// by: its DNS and URI subject alternative names and its common name.
+func CertificateIdentities(cert *x509.Certificate) []string {
 	ids := slices.Clone(cert.DNSNames)
 	for _, u := range cert.URIs {
 		ids = append(ids, u.String())

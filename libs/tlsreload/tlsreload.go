@@ -125,6 +125,25 @@ func (s *Source) ServerConfig(requireClientCert bool) *tls.Config {
 	return cfg
 }
 
+// ServerConfigFor returns a server configuration presenting the current
+// certificate to clients that must present a certificate signed by a CA
+// of clients' current bundle (a Source with only a CA file, reloaded
+// separately), and pass accept when it is set.
+func (s *Source) ServerConfigFor(clients *Source, accept func(*x509.Certificate) error) *tls.Config {
+	cfg := s.ServerConfig(false)
+	cfg.ClientAuth = tls.RequireAnyClientCert
+	cfg.VerifyConnection = func(cs tls.ConnectionState) error {
+		if err := clients.verify(cs.PeerCertificates, "", x509.ExtKeyUsageClientAuth); err != nil {
+			return err
+		}
+		if accept != nil {
+			return accept(cs.PeerCertificates[0])
+		}
+		return nil
+	}
+	return cfg
+}
+
 // ClientConfig returns a client configuration that verifies the server
 // against the current CA bundle for serverName (a DNS name or an IP address)
 // and presents the current certificate when one is configured.

@@ -56,7 +56,12 @@ const privateUser, privatePassword = "puller", "s3cret-pull"
 
 func startStack(t *testing.T, label string, resolverAddr string, gatewayArgs ...string) *stack {
 	t.Helper()
-	c := kube.Cluster(t)
+	return startStackOn(t, kube.Cluster(t), label, resolverAddr, gatewayArgs...)
+}
+
+// startStackOn is startStack on cluster c (one started with flags of its own).
+func startStackOn(t *testing.T, c *kubetest.Cluster, label string, resolverAddr string, gatewayArgs ...string) *stack {
+	t.Helper()
 	s := &stack{cs: c.Clientset(), pki: proctest.NewPKI(t), label: label}
 	s.public = registrytest.New(t, registrytest.Options{})
 	s.private = registrytest.New(t, registrytest.Options{Username: privateUser, Password: privatePassword})

@@ -65,7 +65,7 @@ func run(ctx context.Context, args []string, lookup flagenv.Lookup) error {
 	}
 	mux := serve.Probes(d.Ready)
 	mux.Handle("/mutate", hook)
-	if err := d.ServeHTTPS("webhook", cfg.ListenAddress, mux); err != nil {
+	if err := d.ServeHTTPSFor("webhook", cfg.ListenAddress, mux, cfg.WebhookClients); err != nil {
 		return d.Abort(err)
 	}
 	if err := d.ServeMetrics(); err != nil {

@@ -31,6 +31,10 @@ type Config struct {
 	daemon.Settings
 	// ListenAddress serves the webhook (/mutate) and probes over HTTPS.
 	ListenAddress string
+	// WebhookClients, when its CAFile is set, admits to ListenAddress only
+	// clients with such a certificate: the kube-apiserver's, configured in
+	// its AdmissionConfiguration (kubeConfigFile).
+	WebhookClients daemon.ClientCertificates
 	// GRPCAddress serves health, reflection and diagnostics over mTLS.
 	GRPCAddress string
 	// Kubeconfig is a kubeconfig file; empty uses the in-cluster config.
@@ -62,17 +66,21 @@ func Load(args []string, lookup flagenv.Lookup, output io.Writer) (Config, error
 		resolveTimeout time.Duration
 		skipVerify     bool
 		pullSecretNS   flagenv.List
+		clientNames    flagenv.List
 	)
 	fs := flag.NewFlagSet("admission-gateway", flag.ContinueOnError)
 	fs.SetOutput(output)
 	c.Settings.Register(fs)
 	fs.StringVar(&c.ListenAddress, "listen-address", ":8443", "HTTPS address of the webhook (/mutate, /healthz, /readyz)")
+	fs.StringVar(&c.WebhookClients.CAFile, "webhook-client-ca-file", "", "PEM CA bundle of the kube-apiserver's webhook client certificate (its AdmissionConfiguration kubeConfigFile); when set, the webhook answers only clients with a certificate it signed (re-read like the TLS files)")
+	fs.Var(&clientNames, "webhook-client-names", "comma-separated certificate names (DNS/URI SAN or common name) one of which the webhook client's certificate must carry; empty: any certificate of --webhook-client-ca-file")
 	fs.StringVar(&c.GRPCAddress, "grpc-address", ":9443", "mTLS gRPC address for health, reflection and diagnostics")
 	fs.StringVar(&c.Kubeconfig, "kubeconfig", "", "kubeconfig file; empty uses the in-cluster configuration")
 	fs.Float64Var(&c.KubeQPS, "kube-api-qps", 50, "sustained Kubernetes API requests per second (ConfigMap and Secret reads of reviews)")
 	fs.IntVar(&c.KubeBurst, "kube-api-burst", 100, "burst of Kubernetes API requests")
 	fs.DurationVar(&c.EnvSource.ConfigMapTTL, "configmap-cache-ttl", 3*time.Second, "how long a ConfigMap read is reused for other reviews; 0 disables the cache")
 	fs.IntVar(&c.EnvSource.ConfigMapCacheSize, "configmap-cache-size", 1000, "ConfigMaps cached at most")
+	fs.Var((*flagenv.List)(&c.EnvSource.SecretNamespaces), "secret-read-namespaces", "comma-separated namespaces whose Secrets the gateway reads to find piggy: values behind valueFrom/envFrom (needs get on secrets there); elsewhere such Secrets are not read and the pod gets a warning; empty: none")
 	fs.StringVar(&c.ImageResolverAddress, "image-resolver-address", "", "host:port of the image-resolver (mTLS); empty denies pods whose containers need their image's command")
 	fs.DurationVar(&resolveTimeout, "image-resolver-timeout", 3*time.Second, "deadline of one image lookup; keep it well inside the webhook timeout")
 	fs.StringVar(&allowed, "allowed-piggy-addresses", "", "comma-separated broker URLs pods may use, compared by scheme, host, port and path (https://*.piggy.svc:8443 allows one leftmost DNS label); defaults to PIGGY_ADDRESS")
@@ -91,6 +99,10 @@ func Load(args []string, lookup flagenv.Lookup, output io.Writer) (Config, error
 	var errs []error
 	if err := c.Settings.Validate(); err != nil {
 		errs = append(errs, err)
+	}
+	c.WebhookClients.Names = clientNames
+	if len(clientNames) > 0 && c.WebhookClients.CAFile == "" {
+		errs = append(errs, errors.New("--webhook-client-names needs --webhook-client-ca-file"))
 	}
 	defaults := podsettings.LoadDefaults(lookup.Getenv, splitList(locked))
 	m := mutate.Config{

@@ -50,6 +50,18 @@ func TestPullSecretNamespaces(t *testing.T) {
 	}
 }
 
+func TestWebhookClientsAndSecretReads(t *testing.T) {
+	c, err := load(t, nil, nil)
+	if err != nil || c.WebhookClients.CAFile != "" || len(c.EnvSource.SecretNamespaces) != 0 {
+		t.Fatalf("Load = %v, %+v, secret namespaces %v; want no client certificates and no Secret reads by default", err, c.WebhookClients, c.EnvSource.SecretNamespaces)
+	}
+	c, err = load(t, []string{"--webhook-client-ca-file=/ca.crt", "--webhook-client-names=kube-apiserver", "--secret-read-namespaces=team-a, team-b"}, nil)
+	if err != nil || c.WebhookClients.CAFile != "/ca.crt" || !slices.Equal(c.WebhookClients.Names, []string{"kube-apiserver"}) ||
+		!slices.Equal(c.EnvSource.SecretNamespaces, []string{"team-a", "team-b"}) {
+		t.Errorf("Load = %v, %+v, secret namespaces %v", err, c.WebhookClients, c.EnvSource.SecretNamespaces)
+	}
+}
+
 func TestBrokerCAFile(t *testing.T) {
 	dir := t.TempDir()
 	good := filepath.Join(dir, "ca.crt")
@@ -80,6 +92,7 @@ func TestRejects(t *testing.T) {
 		{"resolver address", []string{"--image-resolver-address", "resolver"}, nil, `--image-resolver-address "resolver"`},
 		{"missing CA file", []string{"--broker-ca-file", filepath.Join(dir, "none")}, nil, "--broker-ca-file"},
 		{"CA file not PEM", []string{"--broker-ca-file", notPEM}, nil, "holds no PEM certificate"},
+		{"client names without a client CA", []string{"--webhook-client-names", "kube-apiserver"}, nil, "--webhook-client-names needs --webhook-client-ca-file"},
 		{"bad env bool", nil, map[string]string{"PIGGY_ENV_SKIP_VERIFY_TLS": "maybe"}, `invalid value "maybe" for PIGGY_ENV_SKIP_VERIFY_TLS`},
 	}
 	for _, tt := range tests {

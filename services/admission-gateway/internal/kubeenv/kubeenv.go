@@ -12,6 +12,7 @@ package kubeenv
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -23,8 +24,14 @@ import (
 	"github.com/piggysec/piggy/services/admission-gateway/internal/mutate"
 )
 
-// Options configure the ConfigMap cache.
+// Options configure the ConfigMap cache and which Secrets may be read.
 type Options struct {
+	// SecretNamespaces are the namespaces whose Secrets may be read; a
+	// Secret elsewhere is not read ([mutate.ErrNotRead]). Secret reads are
+	// an operator's opt-in per namespace: a forged review could otherwise
+	// make the gateway read (and tell the existence of) any Secret, and the
+	// namespace holding the chart's CA key must never be among them.
+	SecretNamespaces []string
 	// ConfigMapTTL is how long a ConfigMap read is reused; 0 disables the
 	// cache (concurrent reads are still shared).
 	ConfigMapTTL time.Duration
@@ -91,8 +98,12 @@ func (s *Source) ConfigMap(ctx context.Context, namespace, name string) (map[str
 }
 
 // Secret returns the entries of namespace/name that hold piggy:
-// references, or mutate.ErrNotFound. Secrets are not cached.
+// references, mutate.ErrNotFound, or mutate.ErrNotRead outside the
+// SecretNamespaces. Secrets are not cached.
 func (s *Source) Secret(ctx context.Context, namespace, name string) (map[string]string, error) {
+	if !slices.Contains(s.opts.SecretNamespaces, namespace) {
+		return nil, mutate.ErrNotRead
+	}
 	sec, err := s.client.CoreV1().Secrets(namespace).Get(ctx, name, metav1.GetOptions{})
 	if err != nil {
 		return nil, mapErr(err)

@@ -41,7 +41,7 @@ func configMap(ns, name string, data map[string]string) *corev1.ConfigMap {
 func TestKeepsOnlyReferences(t *testing.T) {
 	cs, _ := counting(configMap("team", "cfg", map[string]string{"A": "piggy:A", "B": "plain", "C": "piggy:"}),
 		&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: "team", Name: "sec"}, Data: map[string][]byte{"token": []byte("piggy:T"), "password": []byte("hunter2")}})
-	s := New(cs, Options{ConfigMapTTL: time.Minute, ConfigMapCacheSize: 10})
+	s := New(cs, Options{ConfigMapTTL: time.Minute, ConfigMapCacheSize: 10, SecretNamespaces: []string{"team"}})
 	cm, err := s.ConfigMap(t.Context(), "team", "cfg")
 	if err != nil {
 		t.Fatal(err)
@@ -103,5 +103,20 @@ func TestConfigMapCacheIsBounded(t *testing.T) {
 		if n := len(s.cache); n > 5 {
 			t.Fatalf("%d cached ConfigMaps, want at most 5", n)
 		}
+	}
+}
+
+// TestSecretsOutsideTheListAreNotRead: a Secret of a namespace the
+// operator has not listed is not read at all (no API call), whatever a
+// review names.
+func TestSecretsOutsideTheListAreNotRead(t *testing.T) {
+	cs, _ := counting(&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: "piggy", Name: "piggy-ca"}, Data: map[string][]byte{"tls.key": []byte("key")}})
+	for _, opts := range []Options{{}, {SecretNamespaces: []string{"team"}}} {
+		if _, err := New(cs, opts).Secret(t.Context(), "piggy", "piggy-ca"); !errors.Is(err, mutate.ErrNotRead) {
+			t.Errorf("Secret with %v: %v, want ErrNotRead", opts.SecretNamespaces, err)
+		}
+	}
+	if n := len(cs.Actions()); n != 0 {
+		t.Errorf("%d API calls (%v), want none", n, cs.Actions())
 	}
 }

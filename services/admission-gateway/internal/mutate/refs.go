@@ -15,6 +15,11 @@ const ReferencePrefix = "piggy:"
 // ErrNotFound is returned by an EnvSource for a missing ConfigMap or Secret.
 var ErrNotFound = errors.New("not found")
 
+// ErrNotRead is returned by an EnvSource for a Secret it may not read (the
+// operator has not enabled Secret reads in its namespace). The search goes
+// on without it, and the pod gets a warning.
+var ErrNotRead = errors.New("not read")
+
 // EnvSource reads the ConfigMaps and Secrets that env values come from.
 // Each returns at least the entries that hold references (IsReference), or
 // ErrNotFound.
@@ -37,6 +42,8 @@ type referenceFinder struct {
 	namespace  string
 	configMaps map[string]map[string]string
 	secrets    map[string]map[string]string
+	// warnings name the Secrets that were not read, once each.
+	warnings []string
 }
 
 func newReferenceFinder(src EnvSource, namespace string) *referenceFinder {
@@ -120,6 +127,10 @@ func (f *referenceFinder) secret(ctx context.Context, name string, optional *boo
 		return data, nil
 	}
 	data, err := f.src.Secret(ctx, f.namespace, name)
+	if errors.Is(err, ErrNotRead) {
+		f.warnings = append(f.warnings, fmt.Sprintf("piggy: Secret %s/%s was not searched for piggy: values (the cluster operator has not enabled Secret reads in this namespace); put piggy: references in the env value or a ConfigMap", f.namespace, name))
+		data, err = map[string]string{}, nil
+	}
 	if err != nil {
 		return nil, missing("Secret", f.namespace, name, optional, err)
 	}
