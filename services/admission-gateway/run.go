@@ -48,7 +48,9 @@ func run(ctx context.Context, args []string, lookup flagenv.Lookup) error {
 		defer conn.Close()
 		resolver = resolverclient.New(imageresolverv1.NewImageResolverServiceClient(conn))
 	}
-	mutator := mutate.New(cfg.Mutation, resolver, kubeenv.New(kube, cfg.EnvSource))
+	envOpts := cfg.EnvSource
+	envOpts.Logger = d.Log
+	mutator := mutate.New(cfg.Mutation, resolver, kubeenv.New(kube, envOpts))
 	hook, err := webhook.New(mutator, d.Log, d.Telemetry.MeterProvider.Meter("piggy/admission-gateway"))
 	if err != nil {
 		return d.Abort(err)

@@ -80,6 +80,7 @@ func Load(args []string, lookup flagenv.Lookup, output io.Writer) (Config, error
 	fs.IntVar(&c.KubeBurst, "kube-api-burst", 100, "burst of Kubernetes API requests")
 	fs.DurationVar(&c.EnvSource.ConfigMapTTL, "configmap-cache-ttl", 3*time.Second, "how long a ConfigMap read is reused for other reviews; 0 disables the cache")
 	fs.IntVar(&c.EnvSource.ConfigMapCacheSize, "configmap-cache-size", 1000, "ConfigMaps cached at most")
+	fs.DurationVar(&c.EnvSource.ReadTimeout, "kube-read-timeout", kubeenv.DefaultReadTimeout, "bound on one ConfigMap or Secret read; keep it well inside the webhook timeout, so that a stalled API server gets pods a clear denial")
 	fs.Var((*flagenv.List)(&c.EnvSource.SecretNamespaces), "secret-read-namespaces", "comma-separated namespaces whose Secrets the gateway reads to find piggy: values behind valueFrom/envFrom (needs get on secrets there); elsewhere such Secrets are not read and the pod gets a warning; empty: none")
 	fs.StringVar(&c.ImageResolverAddress, "image-resolver-address", "", "host:port of the image-resolver (mTLS); empty denies pods whose containers need their image's command")
 	fs.DurationVar(&resolveTimeout, "image-resolver-timeout", 3*time.Second, "deadline of one image lookup; keep it well inside the webhook timeout")
@@ -147,6 +148,9 @@ func Load(args []string, lookup flagenv.Lookup, output io.Writer) (Config, error
 	}
 	if c.KubeQPS <= 0 || c.KubeBurst < 1 {
 		errs = append(errs, errors.New("--kube-api-qps must be positive and --kube-api-burst at least 1"))
+	}
+	if c.EnvSource.ReadTimeout <= 0 {
+		errs = append(errs, errors.New("--kube-read-timeout must be positive"))
 	}
 	if c.EnvSource.ConfigMapTTL < 0 || c.EnvSource.ConfigMapCacheSize < 0 {
 		errs = append(errs, errors.New("--configmap-cache-ttl and --configmap-cache-size must not be negative"))

@@ -11,7 +11,9 @@ package kubeenv
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 	"sync"
 	"time"
@@ -37,15 +39,26 @@ type Options struct {
 	ConfigMapTTL time.Duration
 	// ConfigMapCacheSize bounds the cached ConfigMaps.
 	ConfigMapCacheSize int
+	// ReadTimeout bounds one read (the review's own deadline may end it
+	// first); zero means DefaultReadTimeout.
+	ReadTimeout time.Duration
+	// Logger receives the API errors behind the short messages reviews
+	// get (they may name the API server's address); nil discards.
+	Logger *slog.Logger
 }
 
 // maxCachedBytes bounds one cached ConfigMap (the names and values of its
 // piggy: references); a larger one is read again each time.
 const maxCachedBytes = 16 << 10
 
-// readTimeout bounds a shared read, which outlives the review that started
-// it when that review gives up first.
-const readTimeout = 10 * time.Second
+// DefaultReadTimeout bounds a read: well inside the API server's webhook
+// timeout (5 s in the chart), so that a stalled API server gets the pod a
+// clear denial. A shared ConfigMap read outlives the review that started
+// it when that review gives up first, within this bound.
+const DefaultReadTimeout = 2 * time.Second
+
+// ErrTimeout is the answer when the API server did not answer a read in time.
+var ErrTimeout = errors.New("the Kubernetes API did not answer in time")
 
 // Source implements mutate.EnvSource with a clientset.
 type Source struct {
@@ -65,6 +78,12 @@ type cached struct {
 
 // New returns a Source.
 func New(client kubernetes.Interface, opts Options) *Source {
+	if opts.ReadTimeout <= 0 {
+		opts.ReadTimeout = DefaultReadTimeout
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
 	return &Source{client: client, opts: opts, now: time.Now, cache: map[string]cached{}}
 }
 
@@ -76,11 +95,11 @@ func (s *Source) ConfigMap(ctx context.Context, namespace, name string) (map[str
 		return refs, nil
 	}
 	ch := s.reads.DoChan(key, func() (any, error) {
-		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), readTimeout)
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.opts.ReadTimeout)
 		defer cancel()
 		cm, err := s.client.CoreV1().ConfigMaps(namespace).Get(ctx, name, metav1.GetOptions{})
 		if err != nil {
-			return nil, mapErr(err)
+			return nil, s.mapErr(ctx, "ConfigMap", namespace, name, err)
 		}
 		refs := references(cm.Data)
 		s.store(key, refs)
@@ -88,6 +107,9 @@ func (s *Source) ConfigMap(ctx context.Context, namespace, name string) (map[str
 	})
 	select {
 	case <-ctx.Done():
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			return nil, ErrTimeout
+		}
 		return nil, ctx.Err()
 	case r := <-ch:
 		if r.Err != nil {
@@ -104,9 +126,11 @@ func (s *Source) Secret(ctx context.Context, namespace, name string) (map[string
 	if !slices.Contains(s.opts.SecretNamespaces, namespace) {
 		return nil, mutate.ErrNotRead
 	}
+	ctx, cancel := context.WithTimeout(ctx, s.opts.ReadTimeout)
+	defer cancel()
 	sec, err := s.client.CoreV1().Secrets(namespace).Get(ctx, name, metav1.GetOptions{})
 	if err != nil {
-		return nil, mapErr(err)
+		return nil, s.mapErr(ctx, "Secret", namespace, name, err)
 	}
 	refs := map[string]string{}
 	for k, v := range sec.Data {
@@ -173,13 +197,22 @@ func (s *Source) store(key string, refs map[string]string) {
 	s.cache[key] = cached{refs: refs, expires: now.Add(s.opts.ConfigMapTTL)}
 }
 
-func mapErr(err error) error {
-	switch {
-	case apierrors.IsNotFound(err):
+func (s *Source) mapErr(ctx context.Context, kind, namespace, name string, err error) error {
+	if apierrors.IsNotFound(err) {
 		return mutate.ErrNotFound
+	}
+	// The pod's creator gets a short message; the API error, which may
+	// name the API server's address or the gateway's identity, goes to
+	// the operator's log.
+	s.opts.Logger.WarnContext(ctx, "Kubernetes read failed", "kind", kind, "namespace", namespace, "name", name, "error", err)
+	switch {
 	case apierrors.IsForbidden(err):
-		return fmt.Errorf("the admission-gateway may not read it (RBAC): %w", err)
+		return errors.New("the admission-gateway may not read it (RBAC)")
+	case ctx.Err() != nil || apierrors.IsTimeout(err) || apierrors.IsServerTimeout(err):
+		return ErrTimeout
+	case apierrors.ReasonForError(err) != "":
+		return fmt.Errorf("the Kubernetes API answered %s", apierrors.ReasonForError(err))
 	default:
-		return err
+		return errors.New("the Kubernetes API could not be reached")
 	}
 }

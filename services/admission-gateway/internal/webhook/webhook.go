@@ -106,8 +106,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
+	ctx, cancel := reviewContext(r)
+	defer cancel()
 	start := time.Now()
-	resp, outcome := h.review(r.Context(), in.Request, body, &bufs.patch)
+	resp, outcome := h.review(ctx, in.Request, body, &bufs.patch)
 	took := time.Since(start)
 	attrs := h.outcomes[outcome]
 	h.reviews.Add(r.Context(), 1, attrs)
@@ -390,4 +392,21 @@ func controller(p *corev1.Pod) *metav1.OwnerReference {
 		return &p.OwnerReferences[0]
 	}
 	return nil
+}
+
+// answerMargin is the part of the API server's webhook timeout kept for
+// writing the answer and its way back.
+const answerMargin = 500 * time.Millisecond
+
+// reviewContext bounds a review by the timeout the API server sends with
+// it (the "timeout" query parameter, its webhook timeoutSeconds), less
+// answerMargin, so that a slow dependency ends in the gateway's own clear
+// denial rather than the API server's generic webhook timeout. A request
+// without a usable timeout keeps the request's context.
+func reviewContext(r *http.Request) (context.Context, context.CancelFunc) {
+	d, err := time.ParseDuration(r.URL.Query().Get("timeout"))
+	if err != nil || d <= 0 {
+		return context.WithCancel(r.Context())
+	}
+	return context.WithTimeout(r.Context(), max(d-answerMargin, d/2))
 }
