@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/pprof"
 	"slices"
@@ -48,6 +49,13 @@ type Settings struct {
 	// OperatorIdentities are the client certificate names (DNS or URI
 	// SAN, or common name) that may call the diagnostics RPCs.
 	OperatorIdentities flagenv.List
+	// Connections bound what each server listener holds at once.
+	Connections serve.ConnLimits
+	// IdleTimeout closes connections idle that long (HTTP and gRPC).
+	IdleTimeout time.Duration
+	// MaxConcurrentStreams bounds the requests in flight per HTTP/2 or
+	// gRPC connection.
+	MaxConcurrentStreams int
 	// Profiling serves the Go runtime profiles (net/http/pprof) under
 	// /debug/pprof/ on the metrics address. Off by default: profiles show
 	// code paths and timings, not data, but they are for operators only.
@@ -70,6 +78,10 @@ func (s *Settings) Register(fs *flag.FlagSet) {
 	fs.DurationVar(&s.ShutdownGrace, "shutdown-grace", 4*time.Second, "how long in-flight requests may finish after SIGTERM")
 	s.OperatorIdentities = flagenv.List{DefaultOperatorIdentity}
 	fs.Var(&s.OperatorIdentities, "operator-identities", "comma-separated client certificate names (DNS/URI SAN or common name) that may call the diagnostics RPCs")
+	fs.IntVar(&s.Connections.Total, "max-connections", 1024, "connections each server listener holds at once; more wait in the kernel's backlog until one closes (0: no bound)")
+	fs.IntVar(&s.Connections.PerPeer, "max-connections-per-peer", 128, "connections each server listener holds at once from one IP address; more are closed (0: no bound)")
+	fs.DurationVar(&s.IdleTimeout, "idle-timeout", 30*time.Second, "close HTTP and gRPC connections idle that long")
+	fs.IntVar(&s.MaxConcurrentStreams, "max-concurrent-streams", 256, "requests in flight per HTTP/2 or gRPC connection")
 	fs.BoolVar(&s.Profiling, "profiling", false, "serve Go runtime profiles (pprof) under /debug/pprof/ on the metrics address")
 }
 
@@ -93,6 +105,9 @@ func (s *Settings) Validate() error {
 	}
 	if s.ShutdownGrace <= 0 {
 		errs = append(errs, errors.New("--shutdown-grace must be positive"))
+	}
+	if s.Connections.Total < 0 || s.Connections.PerPeer < 0 || s.IdleTimeout <= 0 || s.MaxConcurrentStreams < 1 {
+		errs = append(errs, errors.New("--max-connections and --max-connections-per-peer must not be negative, --idle-timeout and --max-concurrent-streams must be positive"))
 	}
 	if s.Profiling && s.MetricsAddress == "" {
 		errs = append(errs, errors.New("--profiling needs --metrics-address"))
@@ -168,15 +183,25 @@ func (d *Daemon) Ready(ctx context.Context) error {
 // requires client certificates (mTLS) and lets only callers call each
 // method, with health and reflection.
 func (d *Daemon) NewGRPCServer(callers serve.Callers, extra ...grpc.ServerOption) (*grpc.Server, *health.Server, error) {
-	return serve.NewGRPCServer(serve.GRPCOptions{TLS: d.TLS.ServerConfig(true), Logger: d.Log, Callers: callers, Extra: extra})
+	return serve.NewGRPCServer(serve.GRPCOptions{TLS: d.TLS.ServerConfig(true), Logger: d.Log, Callers: callers, Extra: extra,
+		IdleTimeout: d.settings.IdleTimeout, MaxConcurrentStreams: uint32(d.settings.MaxConcurrentStreams)})
 }
 
 // Operators are the identities that may call diagnostics RPCs.
 func (d *Daemon) Operators() []string { return d.settings.OperatorIdentities }
 
+// listen opens a listener bounded by the connection limits.
+func (d *Daemon) listen(name, addr string) (net.Listener, error) {
+	ln, err := serve.Listen(d.ctx, name, addr)
+	if err != nil {
+		return nil, err
+	}
+	return serve.LimitListener(ln, d.settings.Connections), nil
+}
+
 // ServeGRPC listens on addr and serves s until the daemon stops.
 func (d *Daemon) ServeGRPC(name, addr string, s *grpc.Server, h *health.Server) error {
-	ln, err := serve.Listen(d.ctx, name, addr)
+	ln, err := d.listen(name, addr)
 	if err != nil {
 		return err
 	}
@@ -221,11 +246,12 @@ func (d *Daemon) ServeHTTPSFor(name, addr string, handler http.Handler, c Client
 			return fmt.Errorf("client certificate names %q are not among %q", ids, c.Names)
 		})
 	}
-	ln, err := serve.Listen(d.ctx, name, addr)
+	ln, err := d.listen(name, addr)
 	if err != nil {
 		return err
 	}
-	srv := serve.NewHTTPServer(serve.HTTPOptions{Handler: handler, TLS: cfg, Name: name, Logger: d.Log})
+	srv := serve.NewHTTPServer(serve.HTTPOptions{Handler: handler, TLS: cfg, Name: name, Logger: d.Log,
+		IdleTimeout: d.settings.IdleTimeout, MaxConcurrentStreams: d.settings.MaxConcurrentStreams})
 	d.Log.InfoContext(d.ctx, "serving HTTPS", "server", name, "address", ln.Addr().String())
 	d.Go(func(ctx context.Context) error { return serve.HTTP(ctx, srv, ln, d.settings.ShutdownGrace) })
 	return nil
@@ -246,7 +272,7 @@ func (d *Daemon) ServeMetrics() error {
 		mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
 		mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
 	}
-	ln, err := serve.Listen(d.ctx, "metrics", d.settings.MetricsAddress)
+	ln, err := d.listen("metrics", d.settings.MetricsAddress)
 	if err != nil {
 		return err
 	}

@@ -32,6 +32,12 @@ type GRPCOptions struct {
 	// Callers says which client identities may call which methods;
 	// required (a method no rule covers is refused to everybody).
 	Callers Callers
+	// IdleTimeout closes connections without RPCs for that long; zero
+	// means 5 minutes.
+	IdleTimeout time.Duration
+	// MaxConcurrentStreams bounds the RPCs in flight per connection; zero
+	// means 256.
+	MaxConcurrentStreams uint32
 	// Extra are appended to the defaults (interceptors, limits).
 	Extra []grpc.ServerOption
 }
@@ -56,6 +62,13 @@ func NewGRPCServer(opts GRPCOptions) (*grpc.Server, *health.Server, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	idle, streams := opts.IdleTimeout, opts.MaxConcurrentStreams
+	if idle <= 0 {
+		idle = 5 * time.Minute
+	}
+	if streams == 0 {
+		streams = 256
+	}
 	serverOpts := append([]grpc.ServerOption{
 		grpc.Creds(credentials.NewTLS(opts.TLS)),
 		grpc.StatsHandler(otelgrpc.NewServerHandler()),
@@ -63,7 +76,8 @@ func NewGRPCServer(opts GRPCOptions) (*grpc.Server, *health.Server, error) {
 		grpc.ChainStreamInterceptor(recoverStream(log), checkStream),
 		grpc.MaxRecvMsgSize(4 << 20),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
-		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionIdle: 5 * time.Minute}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionIdle: idle}),
+		grpc.MaxConcurrentStreams(streams),
 	}, opts.Extra...)
 	s := grpc.NewServer(serverOpts...)
 	h := health.NewServer()

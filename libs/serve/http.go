@@ -26,11 +26,16 @@ type HTTPOptions struct {
 	Name string
 	// Logger receives recovered panics and server errors.
 	Logger *slog.Logger
+	// IdleTimeout closes connections idle that long; zero means 2 minutes.
+	IdleTimeout time.Duration
+	// MaxConcurrentStreams bounds the HTTP/2 requests in flight per
+	// connection; zero keeps net/http's default (250).
+	MaxConcurrentStreams int
 }
 
 // NewHTTPServer returns an http.Server with timeouts suitable for a
 // webhook/API server: headers within 5s, whole request within 30s, idle
-// connections kept 2 minutes, headers capped at 64 KiB. HTTP/2 is offered
+// connections kept IdleTimeout, headers capped at 64 KiB. HTTP/2 is offered
 // when TLS is set. Handlers run on a pool of long-lived goroutines (see
 // pooled).
 func NewHTTPServer(opts HTTPOptions) *http.Server {
@@ -41,15 +46,20 @@ func NewHTTPServer(opts HTTPOptions) *http.Server {
 	h := recoverHTTP(log, opts.Handler)
 	h = otelhttp.NewHandler(h, opts.Name)
 	h = pooled(h)
+	idle := opts.IdleTimeout
+	if idle <= 0 {
+		idle = 2 * time.Minute
+	}
 	return &http.Server{
 		Handler:           h,
 		TLSConfig:         opts.TLS,
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       30 * time.Second,
 		WriteTimeout:      30 * time.Second,
-		IdleTimeout:       2 * time.Minute,
+		IdleTimeout:       idle,
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		HTTP2:             &http.HTTP2Config{MaxConcurrentStreams: opts.MaxConcurrentStreams},
 	}
 }
 
