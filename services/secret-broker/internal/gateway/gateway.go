@@ -10,16 +10,23 @@
 package gateway
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
+	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 
 	secretbrokerv1 "github.com/piggysec/piggy/libs/gen/piggy/secretbroker/v1"
@@ -40,7 +47,7 @@ const MaxBodyBytes = 64 << 10
 func Dial(target string, tlsConfig *tls.Config) (*grpc.ClientConn, error) {
 	conn, err := grpc.NewClient(target,
 		grpc.WithTransportCredentials(credentials.NewTLS(tlsConfig)),
-		grpc.WithUnaryInterceptor(propagate),
+		grpc.WithChainUnaryInterceptor(propagate, hideTransport),
 		// Fixed windows turn off grpc-go's bandwidth estimation, whose
 		// pings are pure overhead for small messages on loopback.
 		grpc.WithInitialWindowSize(windowSize),
@@ -91,8 +98,53 @@ func Register(ctx context.Context, mux *http.ServeMux, conn *grpc.ClientConn) er
 		return fmt.Errorf("gateway: register: %w", err)
 	}
 	mux.Handle("POST /v1/secrets", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		r.Body = http.MaxBytesReader(w, r.Body, MaxBodyBytes)
+		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBodyBytes))
+		if err != nil {
+			var tooBig *http.MaxBytesError
+			if errors.As(err, &tooBig) {
+				writeError(w, http.StatusRequestEntityTooLarge, codes.InvalidArgument, fmt.Sprintf("request body larger than %d bytes", MaxBodyBytes))
+				return
+			}
+			writeError(w, http.StatusBadRequest, codes.InvalidArgument, "the request body could not be read")
+			return
+		}
+		r.Body = io.NopCloser(bytes.NewReader(body))
 		gw.ServeHTTP(w, r)
 	}))
 	return nil
+}
+
+// writeError answers in grpc-gateway's error shape ({"code","message",
+// "details"}) for failures before the request reaches it.
+func writeError(w http.ResponseWriter, httpStatus int, code codes.Code, msg string) {
+	b, _ := json.Marshal(map[string]any{"code": code, "message": msg, "details": []any{}})
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(httpStatus)
+	_, _ = w.Write(b)
+}
+
+// unreachable is the message of a call that did not reach the broker's own
+// gRPC server: grpc-go's text names the loopback address and the dial
+// error, which mean nothing to a pod and are the broker's internals.
+const unreachable = "the secret broker could not take the request (restarting or overloaded); try again"
+
+// hideTransport replaces client-side transport failures of the loopback
+// hop with unreachable; statuses the gRPC server sent pass unchanged.
+func hideTransport(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+	err := invoker(ctx, method, req, reply, cc, opts...)
+	if s, ok := status.FromError(err); ok && s.Code() == codes.Unavailable && transportFailure(s.Message()) {
+		return status.Error(codes.Unavailable, unreachable)
+	}
+	return err
+}
+
+// transportFailure recognises grpc-go's own messages for a connection that
+// could not be made or was lost.
+func transportFailure(msg string) bool {
+	for _, p := range []string{"connection error:", "error reading from server", "connection closed", "name resolver error", "last connection error", "transport is closing"} {
+		if strings.Contains(msg, p) {
+			return true
+		}
+	}
+	return false
 }

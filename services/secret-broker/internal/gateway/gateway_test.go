@@ -237,10 +237,17 @@ func TestGatewayErrors(t *testing.T) {
 
 func TestGatewayRejectsBadBodies(t *testing.T) {
 	e := start(t)
-	for _, body := range []string{`{`, `{"keys":"db"}`, `{"keys":["` + strings.Repeat("k", MaxBodyBytes) + `"]}`} {
-		status, out := e.post(t, "Bearer ok", body)
-		if status != http.StatusBadRequest || out["code"] != float64(codes.InvalidArgument) {
-			t.Errorf("body of %d bytes: got %d %v, want 400 InvalidArgument", len(body), status, out)
+	for _, tt := range []struct {
+		body   string
+		status int
+	}{
+		{`{`, http.StatusBadRequest},
+		{`{"keys":"db"}`, http.StatusBadRequest},
+		{`{"keys":["` + strings.Repeat("k", MaxBodyBytes) + `"]}`, http.StatusRequestEntityTooLarge},
+	} {
+		status, out := e.post(t, "Bearer ok", tt.body)
+		if status != tt.status || out["code"] != float64(codes.InvalidArgument) {
+			t.Errorf("body of %d bytes: got %d %v, want %d InvalidArgument", len(tt.body), status, out, tt.status)
 		}
 	}
 	select {
@@ -266,5 +273,42 @@ func TestGRPCRequiresClientCertificate(t *testing.T) {
 	_, err = secretbrokerv1.NewSecretBrokerServiceClient(conn).GetCacheStats(ctx, &secretbrokerv1.GetCacheStatsRequest{})
 	if status.Code(err) != codes.Unavailable {
 		t.Errorf("GetCacheStats without a client certificate = %v, want the handshake refused (Unavailable)", err)
+	}
+}
+
+// TestGatewayHidesItsOwnAddress: when the loopback hop to the broker's
+// gRPC server fails (here: nothing listens), the client gets 503 with a
+// message that names no internal address.
+func TestGatewayHidesItsOwnAddress(t *testing.T) {
+	e := start(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := ln.Addr().String()
+	ln.Close()
+	src, err := tlsreload.Load(tlsreload.Files{CAFile: filepath.Join(e.dir, "ca.crt")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := Dial(closed, src.ClientConfig(""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	mux := http.NewServeMux()
+	if err := Register(t.Context(), mux, conn); err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewTLSServer(mux)
+	t.Cleanup(hs.Close)
+	e.url, e.client = hs.URL, hs.Client()
+	status, out := e.post(t, "Bearer ok", `{"keys":["db"]}`)
+	msg, _ := out["message"].(string)
+	if status != http.StatusServiceUnavailable || msg != unreachable {
+		t.Errorf("got %d %v, want 503 %q", status, out, unreachable)
+	}
+	if strings.Contains(msg, "127.0.0.1") || strings.Contains(msg, "dial") {
+		t.Errorf("message %q names the broker's internals", msg)
 	}
 }
