@@ -1,10 +1,13 @@
 package serve
 
 import (
+	"strings"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // MaxReconnectDelay is the longest a Piggy gRPC client waits between two
@@ -29,4 +32,22 @@ func ClientDialOptions() []grpc.DialOption {
 			MinConnectTimeout: 5 * time.Second,
 		}),
 	}
+}
+
+// IsTransportFailure reports whether err is a call that never reached the
+// server, or lost it: grpc-go's own Unavailable status, whose text names
+// the server's address and the dial error. Callers say what failed in
+// their own words instead of passing that text on to pods; statuses a
+// server sent are not transport failures.
+func IsTransportFailure(err error) bool {
+	s, ok := status.FromError(err)
+	if !ok || s.Code() != codes.Unavailable {
+		return false
+	}
+	for _, p := range []string{"connection error:", "error reading from server", "connection closed", "name resolver error", "last connection error", "transport is closing"} {
+		if strings.Contains(s.Message(), p) {
+			return true
+		}
+	}
+	return false
 }

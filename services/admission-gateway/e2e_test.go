@@ -423,7 +423,8 @@ func TestAdmission(t *testing.T) {
 }
 
 func TestResolverUnavailableDenies(t *testing.T) {
-	s := startStack(t, "deadresolver", registrytest.ClosedPort(t))
+	dead := registrytest.ClosedPort(t)
+	s := startStack(t, "deadresolver", dead)
 	ns := s.namespace(t, nil)
 	_, err := s.create(t, appPod(ns, "web", map[string]string{"piggysec.com/aws-secret-name": "x"},
 		corev1.Container{Name: "api", Image: "registry.example/team/api:1", Env: env("A", "piggy:A")}))
@@ -431,6 +432,10 @@ func TestResolverUnavailableDenies(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("create error = %v, want it to contain %q", err, want)
 		}
+	}
+	// The denial says what failed without the resolver's address.
+	if err != nil && strings.Contains(err.Error(), dead) {
+		t.Errorf("create error names the resolver's address: %v", err)
 	}
 	// A pod that sets its command needs no resolver and is admitted.
 	p, err := s.create(t, appPod(ns, "ok", map[string]string{"piggysec.com/aws-secret-name": "x"},

@@ -5,6 +5,7 @@ package resolverclient
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"strings"
 
@@ -106,6 +107,10 @@ func (c *Client) Resolve(ctx context.Context, l mutate.ImageLookup) (mutate.Imag
 		case codes.DeadlineExceeded:
 			return mutate.ImageConfig{}, fmt.Errorf("image-resolver did not answer in time")
 		case codes.Unavailable:
+			if serve.IsTransportFailure(err) {
+				// grpc-go's text names the resolver's address.
+				return mutate.ImageConfig{}, errors.New("image-resolver unavailable: it could not be reached")
+			}
 			return mutate.ImageConfig{}, fmt.Errorf("image-resolver unavailable: %s", st.Message())
 		default:
 			return mutate.ImageConfig{}, fmt.Errorf("%s", st.Message())

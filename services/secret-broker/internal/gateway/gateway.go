@@ -20,7 +20,6 @@ import (
 	"net"
 	"net/http"
 	"strconv"
-	"strings"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"google.golang.org/grpc"
@@ -30,6 +29,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	secretbrokerv1 "github.com/piggysec/piggy/libs/gen/piggy/secretbroker/v1"
+	"github.com/piggysec/piggy/libs/serve"
 	"github.com/piggysec/piggy/libs/telemetry"
 )
 
@@ -132,19 +132,8 @@ const unreachable = "the secret broker could not take the request (restarting or
 // hop with unreachable; statuses the gRPC server sent pass unchanged.
 func hideTransport(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
 	err := invoker(ctx, method, req, reply, cc, opts...)
-	if s, ok := status.FromError(err); ok && s.Code() == codes.Unavailable && transportFailure(s.Message()) {
+	if serve.IsTransportFailure(err) {
 		return status.Error(codes.Unavailable, unreachable)
 	}
 	return err
-}
-
-// transportFailure recognises grpc-go's own messages for a connection that
-// could not be made or was lost.
-func transportFailure(msg string) bool {
-	for _, p := range []string{"connection error:", "error reading from server", "connection closed", "name resolver error", "last connection error", "transport is closing"} {
-		if strings.Contains(msg, p) {
-			return true
-		}
-	}
-	return false
 }
