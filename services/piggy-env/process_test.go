@@ -444,6 +444,14 @@ func TestProcessFailures(t *testing.T) {
 			wantExit: 1, wantMsg: []string{"certificate signed by unknown authority"},
 		},
 		{
+			name:    "named CA file missing fails closed",
+			replies: []reply{ok(nil)},
+			env: func(t *testing.T, b *fakeBroker) []string {
+				return append(proxyEnv(t, b, "A=piggy:a"), "PIGGY_CA_FILE=/nonexistent/ca.crt")
+			},
+			wantExit: 1, wantMsg: []string{"PIGGY_CA_FILE=/nonexistent/ca.crt does not exist; piggy-env does not fall back to the system roots"}, wantRequests: 0,
+		},
+		{
 			name:    "command not found",
 			replies: []reply{ok(map[string]string{"a": "1"})},
 			env: func(t *testing.T, b *fakeBroker) []string {

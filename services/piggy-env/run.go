@@ -204,7 +204,7 @@ func (a *app) fetch(ctx context.Context, log *slog.Logger, cfg config.Config, co
 	} else {
 		p := cfg.Proxy
 		source = p.Address.String()
-		httpClient, usedCA, err := broker.NewHTTPClient(dialer, broker.TLSOptions{CAFile: p.CAFile, SkipVerify: p.SkipVerifyTLS}, cfg.RequestTimeout)
+		httpClient, usedCA, err := broker.NewHTTPClient(dialer, broker.TLSOptions{CAFile: p.CAFile, CAFileVar: caFileVar(p), SkipVerify: p.SkipVerifyTLS}, cfg.RequestTimeout)
 		if err != nil {
 			return nil, source, fmt.Errorf("cannot request secrets from %s: %w", source, err)
 		}
@@ -297,4 +297,12 @@ func (a *app) install(args, environ []string) error {
 	}
 	jsonlog.New(a.stderr, false).Info("Installed piggy-env", "dir", args[0], "ca_bundle", caBundle != "")
 	return nil
+}
+
+// caFileVar is the variable that named the CA file, when one did.
+func caFileVar(p config.Proxy) string {
+	if p.CAFileNamed {
+		return config.EnvCAFile
+	}
+	return ""
 }

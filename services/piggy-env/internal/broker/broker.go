@@ -258,8 +258,12 @@ func codeName(code int) string {
 // TLSOptions say how the client verifies the broker.
 type TLSOptions struct {
 	// CAFile is a PEM bundle used as the only roots when the file exists;
-	// when it does not exist the system roots are used.
+	// when it does not exist the system roots are used, unless CAFileVar
+	// is set.
 	CAFile string
+	// CAFileVar is the variable that named CAFile (PIGGY_CA_FILE), when
+	// one did: the file must then exist, and the error names the variable.
+	CAFileVar string
 	// SkipVerify disables certificate verification.
 	SkipVerify bool
 }
@@ -277,6 +281,10 @@ func NewHTTPClient(dialer *net.Dialer, t TLSOptions, timeout time.Duration) (*ht
 	case t.CAFile != "":
 		pem, err := os.ReadFile(t.CAFile)
 		switch {
+		case errors.Is(err, os.ErrNotExist) && t.CAFileVar != "":
+			// Fail closed: the operator named a CA; the system roots
+			// would trust brokers it did not mean.
+			return nil, false, fmt.Errorf("%s=%s does not exist; piggy-env does not fall back to the system roots when a CA file is named", t.CAFileVar, t.CAFile)
 		case errors.Is(err, os.ErrNotExist):
 			// No injected CA: the broker must present a publicly
 			// trusted certificate.

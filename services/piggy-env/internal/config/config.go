@@ -87,6 +87,9 @@ type Proxy struct {
 	TokenFile string
 	// CAFile is the PEM bundle that verifies the broker when it exists.
 	CAFile string
+	// CAFileNamed is true when PIGGY_CA_FILE names CAFile: then it must
+	// exist (no fallback to the system roots).
+	CAFileNamed bool
 	// SkipVerifyTLS disables verification of the broker's certificate.
 	SkipVerifyTLS bool
 }
@@ -179,6 +182,7 @@ func Load(lookup LookupFunc) (Config, error) {
 			UID:           p.string(EnvUID),
 			TokenFile:     p.stringOr(EnvTokenFile, DefaultTokenFile),
 			CAFile:        p.stringOr(EnvCAFile, DefaultCAFile),
+			CAFileNamed:   p.string(EnvCAFile) != "",
 			SkipVerifyTLS: p.bool(EnvSkipVerifyTLS),
 		},
 		AWS: AWS{
