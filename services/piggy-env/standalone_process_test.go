@@ -259,6 +259,29 @@ func TestProcessStandaloneFailures(t *testing.T) {
 			wantExit: 1, wantMsg: []string{`secret "team-a/absent"`, "ResourceNotFoundException"}, wantCalls: 1,
 		},
 		{
+			name: "missing version stage names the secret and the version",
+			setup: func(t *testing.T, w *awsWorld) []string {
+				w.srv.PutSecretString("team-a/db", `{"db":"s3cr3t"}`)
+				return []string{"PIGGY_AWS_SECRET_NAME=team-a/db", "PIGGY_AWS_SECRET_VERSION=AWSPENDING", "DB=piggy:db"}
+			},
+			wantExit: 1, wantMsg: []string{`secret "team-a/db" has no version stage "AWSPENDING"`, "ResourceNotFoundException"}, wantCalls: 1,
+		},
+		{
+			name: "missing version id names the secret and the version",
+			setup: func(t *testing.T, w *awsWorld) []string {
+				w.srv.PutSecretString("team-a/db", `{"db":"s3cr3t"}`)
+				return []string{"PIGGY_AWS_SECRET_NAME=team-a/db", "PIGGY_AWS_SECRET_VERSION=01234567-89ab-cdef-0123-456789abcdef", "DB=piggy:db"}
+			},
+			wantExit: 1, wantMsg: []string{`secret "team-a/db" has no version id "01234567-89ab-cdef-0123-456789abcdef"`}, wantCalls: 1,
+		},
+		{
+			name: "SSM path without parameters names the path",
+			setup: func(t *testing.T, w *awsWorld) []string {
+				return []string{"PIGGY_AWS_SSM_PARAMETER_PATH=/team-a/empty", "DB=piggy:db"}
+			},
+			wantExit: 1, wantMsg: []string{`SSM path "/team-a/empty" has no parameters`}, wantCalls: -1,
+		},
+		{
 			name: "access denied is final",
 			setup: func(t *testing.T, w *awsWorld) []string {
 				w.srv.PutSecretString("team-b/db", `{"db":"s3cr3t"}`)

@@ -44,7 +44,7 @@ func TestLoad(t *testing.T) {
 			want: func(c *Config) {
 				c.Proxy = Proxy{
 					Address: mustURL(t, "https://piggy-secret-broker.piggy.svc:8443"),
-					UID:     "abc", TokenFile: "/t", CAFile: "/ca", SkipVerifyTLS: true,
+					UID:     "abc", TokenFile: "/t", CAFile: "/ca", CAFileNamed: true, SkipVerifyTLS: true,
 				}
 				c.IgnoreNoEnv, c.Debug, c.DNSResolver = true, true, "tcp"
 				c.InitialDelay, c.Retries, c.RequestTimeout, c.Timeout = 2*time.Second, 3, 500*time.Millisecond, time.Minute

@@ -208,6 +208,11 @@ func (f *Fetcher) fetchSecret(ctx context.Context, want map[string]bool) (map[st
 	}
 	out, err := f.sm.GetSecretValue(ctx, in)
 	if err != nil {
+		if apiErr, ok := errors.AsType[smithy.APIError](err); ok && apiErr.ErrorCode() == "ResourceNotFoundException" && f.source.SecretVersion != "" {
+			// AWS and its emulators word this differently; say which
+			// secret and version were asked for.
+			return nil, fmt.Errorf("secret %q has no %s, or does not exist (%s: %s)", f.source.SecretName, versionName(in), apiErr.ErrorCode(), apiErr.ErrorMessage())
+		}
 		return nil, err // the SDK's message names the operation and the AWS error
 	}
 	if out.SecretString == nil {
@@ -219,6 +224,14 @@ func (f *Fetcher) fetchSecret(ctx context.Context, want map[string]bool) (map[st
 	return DecodeSecretString(*out.SecretString, want)
 }
 
+// versionName names the version a GetSecretValue asked for.
+func versionName(in *secretsmanager.GetSecretValueInput) string {
+	if in.VersionId != nil {
+		return fmt.Sprintf("version id %q", aws.ToString(in.VersionId))
+	}
+	return fmt.Sprintf("version stage %q", aws.ToString(in.VersionStage))
+}
+
 func (f *Fetcher) fetchSSM(ctx context.Context, want map[string]bool) (map[string]string, error) {
 	values := make(map[string]string, len(want))
 	names := make(map[string]string, len(want)) // key -> full parameter name
@@ -227,11 +240,13 @@ func (f *Fetcher) fetchSSM(ctx context.Context, want map[string]bool) (map[strin
 		Recursive:      aws.Bool(true),
 		WithDecryption: aws.Bool(true),
 	})
+	found := 0
 	for p.HasMorePages() {
 		page, err := p.NextPage(ctx)
 		if err != nil {
 			return nil, err
 		}
+		found += len(page.Parameters)
 		for _, param := range page.Parameters {
 			name := aws.ToString(param.Name)
 			key := name[strings.LastIndex(name, "/")+1:]
@@ -244,6 +259,9 @@ func (f *Fetcher) fetchSSM(ctx context.Context, want map[string]bool) (map[strin
 			names[key] = name
 			values[key] = aws.ToString(param.Value)
 		}
+	}
+	if found == 0 {
+		return nil, fmt.Errorf("SSM path %q has no parameters (or none this role may read)", f.source.SSMParameterPath)
 	}
 	return values, nil
 }
