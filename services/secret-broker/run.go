@@ -95,11 +95,17 @@ func wire(d *daemon.Daemon, cfg config.Config) error {
 	if region == "" {
 		region = awsCfg.Region
 	}
+	// An AWS read has its own deadline within the request's; a lookup with
+	// a stale value to fall back on waits one AWS attempt for a fresh one.
+	secretCache := cache.Options{
+		Capacity: cfg.SecretCacheSize, TTL: cfg.SecretCacheTTL, StaleIfError: cfg.StaleIfError,
+		LoadTimeout: cfg.AWSReadTimeout, StaleWait: cfg.AWSAttemptTimeout,
+	}
 	b, err := broker.New(authenticator, podcheck.New(pods, cfg.Defaults), fetcher, pods, broker.Options{
 		Rules:          cfg.Rules,
 		Defaults:       cfg.Defaults,
 		DefaultRegion:  region,
-		Cache:          cache.Options{Capacity: cfg.SecretCacheSize, TTL: cfg.SecretCacheTTL, StaleIfError: cfg.StaleIfError},
+		Cache:          secretCache,
 		RequestTimeout: cfg.RequestTimeout,
 		Log:            d.Log,
 		Tracer:         tracer,

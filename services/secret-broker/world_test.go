@@ -170,6 +170,9 @@ type world struct {
 type worldOptions struct {
 	args []string
 	env  []string
+	// aws changes the awslocal server's options (its clock, the lifetime
+	// of the credentials it issues).
+	aws func(*awslocal.Options)
 }
 
 func newWorld(t testing.TB, opts worldOptions) *world {
@@ -229,13 +232,17 @@ current-context: c
 		t.Fatal(err)
 	}
 
-	w.aws, err = awslocal.New(awslocal.Options{
+	awsOpts := awslocal.Options{
 		Region:      awsRegion,
 		WebIdentity: &awslocal.WebIdentity{Issuer: kubetest.ServiceAccountIssuer, Audience: "sts.amazonaws.com", JWKS: jwks},
 		Trust:       map[string][]string{brokerRole: {brokerSubject}},
 		Allow:       map[string][]string{brokerRole: {"team-*", "/team-*", "rollout-*", "bench-*"}},
 		Logger:      slog.New(slog.NewJSONHandler(allLogs, &slog.HandlerOptions{Level: slog.LevelDebug})),
-	})
+	}
+	if opts.aws != nil {
+		opts.aws(&awsOpts)
+	}
+	w.aws, err = awslocal.New(awsOpts)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -9,6 +9,14 @@
 // IRSA web identity through the SDK's default chain, cached credentials,
 // the SDK's standard retryer, clients created once per region).
 //
+// When AWS rejects the credentials a call was signed with
+// (UnrecognizedClientException, InvalidClientTokenId, ExpiredToken,
+// ExpiredTokenException), the Fetcher drops the cached credentials and
+// makes the call once more, signed with new ones; should those be rejected
+// too, they are dropped as well and the call fails, and the next call gets
+// new credentials again. Without this, rejected credentials would be used
+// until their own expiry (an hour for IRSA).
+//
 // Values are held as logging.Secret and never appear in errors, spans,
 // metrics or logs; errors are *fault.Error naming the secret.
 package awssecrets
@@ -50,6 +58,9 @@ type SSMAPI interface {
 type Clients struct {
 	SecretsManager SecretsManagerAPI
 	SSM            SSMAPI
+	// DropCredentials, when set, forgets the cached credentials the clients
+	// sign with, so that their next call gets new ones.
+	DropCredentials func()
 }
 
 // ClientsFunc returns the clients of a region. Fetcher calls it once per
@@ -193,12 +204,12 @@ func (f *Fetcher) Fetch(ctx context.Context, src Source) (*Secret, error) {
 		return nil, err
 	}
 	if src.IsSSM() {
-		return f.fetchSSM(ctx, c.SSM, src)
+		return f.fetchSSM(ctx, c, src)
 	}
-	return f.fetchSecret(ctx, c.SecretsManager, src)
+	return f.fetchSecret(ctx, c, src)
 }
 
-func (f *Fetcher) fetchSecret(ctx context.Context, sm SecretsManagerAPI, src Source) (*Secret, error) {
+func (f *Fetcher) fetchSecret(ctx context.Context, c Clients, src Source) (*Secret, error) {
 	in := &secretsmanager.GetSecretValueInput{SecretId: aws.String(src.SecretName)}
 	if v := src.EffectiveVersion(); IsVersionID(v) {
 		in.VersionId = aws.String(v)
@@ -208,8 +219,9 @@ func (f *Fetcher) fetchSecret(ctx context.Context, sm SecretsManagerAPI, src Sou
 	ctx, span := f.startSpan(ctx, "Secrets Manager", "GetSecretValue", src,
 		attribute.String("piggy.secret.name", src.SecretName), attribute.String("piggy.secret.version", src.EffectiveVersion()))
 	defer span.End()
-	out, err := sm.GetSecretValue(ctx, in)
-	f.record(ctx, span, "GetSecretValue", err)
+	out, err := callRenewingCredentials(ctx, f, c, span, "GetSecretValue", func() (*secretsmanager.GetSecretValueOutput, error) {
+		return c.SecretsManager.GetSecretValue(ctx, in)
+	})
 	if err != nil {
 		return nil, classify(err, src)
 	}
@@ -226,10 +238,10 @@ func (f *Fetcher) fetchSecret(ctx context.Context, sm SecretsManagerAPI, src Sou
 	return s, nil
 }
 
-func (f *Fetcher) fetchSSM(ctx context.Context, client SSMAPI, src Source) (*Secret, error) {
+func (f *Fetcher) fetchSSM(ctx context.Context, c Clients, src Source) (*Secret, error) {
 	s := &Secret{Values: map[string]logging.Secret{}, Invalid: map[string]string{}}
 	names := map[string]string{} // key -> full parameter name
-	p := ssm.NewGetParametersByPathPaginator(client, &ssm.GetParametersByPathInput{
+	p := ssm.NewGetParametersByPathPaginator(c.SSM, &ssm.GetParametersByPathInput{
 		Path:           aws.String(src.SSMParameterPath),
 		Recursive:      aws.Bool(true),
 		WithDecryption: aws.Bool(true),
@@ -241,8 +253,11 @@ func (f *Fetcher) fetchSSM(ctx context.Context, client SSMAPI, src Source) (*Sec
 		}
 		pctx, span := f.startSpan(ctx, "SSM", "GetParametersByPath", src,
 			attribute.String("piggy.ssm.path", src.SSMParameterPath), attribute.Int("piggy.ssm.page", page))
-		out, err := p.NextPage(pctx)
-		f.record(pctx, span, "GetParametersByPath", err)
+		// A failed NextPage keeps its page token: calling it again asks
+		// for the same page.
+		out, err := callRenewingCredentials(pctx, f, c, span, "GetParametersByPath", func() (*ssm.GetParametersByPathOutput, error) {
+			return p.NextPage(pctx)
+		})
 		span.End()
 		if err != nil {
 			return nil, classify(err, src)
@@ -278,16 +293,53 @@ func (f *Fetcher) startSpan(ctx context.Context, service, op string, src Source,
 	return f.tracer.Start(ctx, service+"."+op, trace.WithSpanKind(trace.SpanKindClient), trace.WithAttributes(attrs...))
 }
 
+// callRenewingCredentials makes one AWS call (op, after the SDK's
+// retries). When AWS rejects the credentials it was signed with, it drops
+// them and makes the call once more with new ones; a second rejection drops
+// those too and is returned. Each call is counted; the span records the
+// outcome of the last one, and an event for a rejection that was retried.
+func callRenewingCredentials[T any](ctx context.Context, f *Fetcher, c Clients, span trace.Span, op string, call func() (T, error)) (T, error) {
+	out, err := call()
+	if dropRejected(c, err) {
+		f.count(ctx, op, err)
+		span.AddEvent("credentials rejected; calling again with new credentials", trace.WithAttributes(attribute.String("aws.error.code", errorCode(err))))
+		out, err = call()
+		dropRejected(c, err)
+	}
+	f.record(ctx, span, op, err)
+	return out, err
+}
+
+// dropRejected drops the clients' cached credentials when err says AWS
+// rejected them, and reports whether it did.
+func dropRejected(c Clients, err error) bool {
+	if c.DropCredentials == nil || !rejectedCredentials(err) {
+		return false
+	}
+	c.DropCredentials()
+	return true
+}
+
+// record counts a call and sets its outcome on span.
 func (f *Fetcher) record(ctx context.Context, span trace.Span, op string, err error) {
-	status := "ok"
 	if err != nil {
-		status = errorCode(err)
+		status := errorCode(err)
 		span.SetStatus(codes.Error, status)
 		span.SetAttributes(attribute.String("aws.error.code", status))
 	}
-	if f.calls != nil {
-		f.calls.Add(ctx, 1, metric.WithAttributes(attribute.String("operation", op), attribute.String("status", status)))
+	f.count(ctx, op, err)
+}
+
+// count adds a call to the aws_calls metric.
+func (f *Fetcher) count(ctx context.Context, op string, err error) {
+	if f.calls == nil {
+		return
 	}
+	status := "ok"
+	if err != nil {
+		status = errorCode(err)
+	}
+	f.calls.Add(ctx, 1, metric.WithAttributes(attribute.String("operation", op), attribute.String("status", status)))
 }
 
 // DecodeSecretString decodes a SecretString holding a JSON object. Strings

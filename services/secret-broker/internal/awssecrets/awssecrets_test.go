@@ -239,3 +239,69 @@ func TestClientsPerRegion(t *testing.T) {
 		}
 	}
 }
+
+// seqSM answers GetSecretValue with errs in turn, then with out.
+type seqSM struct {
+	errs  []error
+	out   *secretsmanager.GetSecretValueOutput
+	calls int
+}
+
+func (s *seqSM) GetSecretValue(context.Context, *secretsmanager.GetSecretValueInput, ...func(*secretsmanager.Options)) (*secretsmanager.GetSecretValueOutput, error) {
+	s.calls++
+	if len(s.errs) > 0 {
+		err := s.errs[0]
+		s.errs = s.errs[1:]
+		return nil, err
+	}
+	return s.out, nil
+}
+
+func TestRejectedCredentialsAreDropped(t *testing.T) {
+	rejected := func(code string) error {
+		return &smithy.GenericAPIError{Code: code, Message: "The security token included in the request is invalid."}
+	}
+	stsFailed := &smithy.OperationError{ServiceID: "Secrets Manager", OperationName: "GetSecretValue",
+		Err: fmt.Errorf("get identity: %w", &smithy.OperationError{ServiceID: "STS", OperationName: "AssumeRoleWithWebIdentity", Err: rejected("ExpiredTokenException")})}
+	tests := []struct {
+		name      string
+		errs      []error
+		noDrop    bool
+		wantCalls int
+		wantDrops int
+		wantErr   bool
+	}{
+		{"UnrecognizedClientException once", []error{rejected("UnrecognizedClientException")}, false, 2, 1, false},
+		{"InvalidClientTokenId once", []error{rejected("InvalidClientTokenId")}, false, 2, 1, false},
+		{"ExpiredToken once", []error{rejected("ExpiredToken")}, false, 2, 1, false},
+		{"ExpiredTokenException once", []error{rejected("ExpiredTokenException")}, false, 2, 1, false},
+		{"rejected twice: both dropped, no third call", []error{rejected("ExpiredTokenException"), rejected("UnrecognizedClientException")}, false, 2, 2, true},
+		{"signature errors are not the credentials' fault", []error{rejected("InvalidSignatureException")}, false, 1, 0, true},
+		{"the STS call failing is not a rejection", []error{stsFailed}, false, 1, 0, true},
+		{"throttling is not a rejection", []error{rejected("ThrottlingException")}, false, 1, 0, true},
+		{"clients without a cache to drop", []error{rejected("ExpiredTokenException")}, true, 1, 0, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			sm := &seqSM{errs: tt.errs, out: &secretsmanager.GetSecretValueOutput{SecretString: aws.String(`{"k":"v"}`)}}
+			drops := 0
+			f, err := NewFetcher(func(string) Clients {
+				c := Clients{SecretsManager: sm}
+				if !tt.noDrop {
+					c.DropCredentials = func() { drops++ }
+				}
+				return c
+			}, FetcherOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			s, err := f.Fetch(t.Context(), Source{Region: "eu-west-3", SecretName: "team-a/web"})
+			if (err != nil) != tt.wantErr || sm.calls != tt.wantCalls || drops != tt.wantDrops {
+				t.Errorf("Fetch = %v; calls %d, drops %d; want error %v, calls %d, drops %d", err, sm.calls, drops, tt.wantErr, tt.wantCalls, tt.wantDrops)
+			}
+			if err == nil && s.Values["k"].Reveal() != "v" {
+				t.Errorf("values = %v", s.Values)
+			}
+		})
+	}
+}

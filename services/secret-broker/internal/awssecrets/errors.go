@@ -40,6 +40,27 @@ func credentialsError(err error) bool {
 	return false
 }
 
+// rejectedCredentialCodes are the AWS error codes that say the credentials
+// a request was signed with are not (or no longer) valid: new credentials
+// may be accepted. Signature errors are not among them: they come from the
+// signing itself (the clock, the region), which new credentials do not fix.
+var rejectedCredentialCodes = map[string]bool{
+	"UnrecognizedClientException": true,
+	"InvalidClientTokenId":        true,
+	"ExpiredToken":                true,
+	"ExpiredTokenException":       true,
+}
+
+// rejectedCredentials reports whether AWS refused the operation because of
+// the credentials it was signed with.
+func rejectedCredentials(err error) bool {
+	if err == nil || credentialsError(err) {
+		return false
+	}
+	ae, ok := errors.AsType[smithy.APIError](err)
+	return ok && rejectedCredentialCodes[ae.ErrorCode()]
+}
+
 // classify turns an SDK error (after the SDK's retries) into a fault that
 // names the source, never a value. AWS error codes are fixed identifiers
 // and go into the message; AWS's own message text stays in the cause.

@@ -116,6 +116,23 @@ func TestRealSDK(t *testing.T) {
 			t.Errorf("err = %v, want Unavailable", err)
 		}
 	})
+	t.Run("credentials rejected once: new ones, same page again", func(t *testing.T) {
+		srv.ResetCalls()
+		if err := srv.InjectFault(awslocal.Fault{Service: awslocal.ServiceSSM, Kind: awslocal.FaultError, Code: "UnrecognizedClientException", Times: 1}); err != nil {
+			t.Fatal(err)
+		}
+		defer srv.ClearFaults()
+		s, err := f.Fetch(t.Context(), Source{Region: "eu-west-3", SSMParameterPath: "/team-a/app"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(s.Values) != 25 {
+			t.Errorf("values = %d, want 25", len(s.Values))
+		}
+		if n := srv.Calls(awslocal.ServiceSSM, "GetParametersByPath"); n != 4 {
+			t.Errorf("calls = %d, want 4 (the first page twice)", n)
+		}
+	})
 	t.Run("not found", func(t *testing.T) {
 		_, err := f.Fetch(t.Context(), Source{Region: "eu-west-3", SecretName: "team-a/nope"})
 		if fault.KindOf(err) != fault.NotFound || !strings.Contains(err.Error(), `"team-a/nope"`) {

@@ -62,7 +62,9 @@ type Options struct {
 	Defaults podsettings.Defaults
 	// DefaultRegion is used when neither the pod nor the defaults name one.
 	DefaultRegion string
-	// Cache configures the secret cache (its ServeStale is set here).
+	// Cache configures the secret cache (its ServeStale is set here; its
+	// LoadTimeout, the deadline of an AWS read, defaults to
+	// awssecrets.ReadTimeout of RequestTimeout).
 	Cache cache.Options
 	// RequestTimeout bounds a whole GetSecrets call.
 	RequestTimeout time.Duration
@@ -102,7 +104,7 @@ func New(a Authenticator, pods PodChecker, f Fetcher, getter PodGetter, opts Opt
 		opts.Cache.Now = opts.Now
 	}
 	if opts.Cache.LoadTimeout <= 0 {
-		opts.Cache.LoadTimeout = opts.RequestTimeout
+		opts.Cache.LoadTimeout = awssecrets.ReadTimeout(opts.RequestTimeout)
 	}
 	b := &Broker{authn: a, pods: pods, fetcher: f, getter: getter, opts: opts, secrets: cache.New[*awssecrets.Secret](opts.Cache)}
 	if err := b.instrument(); err != nil {

@@ -387,6 +387,37 @@ func TestStaleIfError(t *testing.T) {
 	}
 }
 
+// TestStaleWhenAWSOutlastsTheRequest has AWS answer only after the
+// request's deadline (here the caller's, shorter than RequestTimeout): the
+// stale value answers, whether the read's own deadline or the caller's
+// passes first.
+func TestStaleWhenAWSOutlastsTheRequest(t *testing.T) {
+	now := time.Now()
+	var mu sync.Mutex
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	s := newSetup(t, func(o *Options, _ *fakeChecker) {
+		o.Now = clock
+		o.RequestTimeout = 400 * time.Millisecond // the read's deadline: 300ms
+		o.Cache.StaleIfError = time.Minute
+	})
+	if _, err := s.b.GetSecrets(t.Context(), req("pod:team-a:web:web-1", "db")); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	now = now.Add(90 * time.Second)
+	mu.Unlock()
+	s.fetcher.delay = time.Hour
+	ctx, cancel := context.WithTimeout(t.Context(), 300*time.Millisecond)
+	defer cancel()
+	got, err := s.b.GetSecrets(ctx, req("pod:team-a:web:web-1", "db"))
+	if err != nil || got.Values["db"].Reveal() != valueDB {
+		t.Errorf("answer = %v, %v; want the stale value", got.SourceName, err)
+	}
+	if sec, _ := s.b.CacheStats(); sec.StaleServed != 1 {
+		t.Errorf("stale served = %d, want 1", sec.StaleServed)
+	}
+}
+
 func TestRequestTimeout(t *testing.T) {
 	s := newSetup(t, func(o *Options, _ *fakeChecker) { o.RequestTimeout = 50 * time.Millisecond })
 	s.fetcher.delay = time.Second

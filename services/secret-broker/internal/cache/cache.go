@@ -1,8 +1,10 @@
 // Package cache is a bounded, expiring, least-recently-used cache whose
 // lookups load missing entries once: concurrent lookups of the same key
-// share one load (golang.org/x/sync/singleflight). A load that fails with a
-// transient error may be answered, for a bounded time, with the expired
-// entry (stale-if-error).
+// share one load (golang.org/x/sync/singleflight). For a bounded time after
+// it expired (stale-if-error), an entry still answers a lookup whose load
+// fails with a transient error, does not finish within StaleWait, or
+// outlasts the lookup's own deadline; the load goes on and replaces the
+// entry when it succeeds.
 //
 // The cache only remembers what a load returned. It decides nothing about
 // who may see an entry: callers authorise every request before and after a
@@ -26,12 +28,17 @@ type Options struct {
 	// TTL is how long an entry lives; a load may ask for less, never more.
 	TTL time.Duration
 	// StaleIfError is how long after expiry an entry may still answer a
-	// lookup whose load failed with an error ServeStale accepts; zero
-	// disables stale answers.
+	// lookup whose load failed with an error ServeStale accepts, took longer
+	// than StaleWait, or outlasted the lookup's context; zero disables stale
+	// answers.
 	StaleIfError time.Duration
 	// ServeStale reports whether a load error may be answered with a stale
 	// entry (transient errors only: never "not found" or "access denied").
 	ServeStale func(error) bool
+	// StaleWait is how long a lookup that has a stale entry to fall back on
+	// waits for its load before answering with that entry; zero waits for
+	// the load or the lookup's context.
+	StaleWait time.Duration
 	// LoadTimeout bounds a load. Loads are shared, so they do not end when
 	// the caller that started them gives up; zero means one minute.
 	LoadTimeout time.Duration
@@ -50,7 +57,8 @@ const (
 	Hit
 	// Coalesced means the lookup joined a load started by another lookup.
 	Coalesced
-	// Stale means the load failed and an expired entry answered.
+	// Stale means an expired entry answered because the load failed or
+	// took too long.
 	Stale
 )
 
@@ -119,7 +127,9 @@ func New[V any](opts Options) *Cache[V] {
 // Get returns the value of key, loading it when there is no live entry.
 // Concurrent Gets of one key share a single load, which runs detached from
 // ctx's cancellation (keeping its values, such as the trace) and bounded by
-// LoadTimeout; a Get whose ctx ends stops waiting and returns ctx's error.
+// LoadTimeout. A Get stops waiting for the load when ctx ends, or after
+// StaleWait when it has a stale entry to answer with; it answers with the
+// stale entry when there is one (Stale), else with ctx's error.
 func (c *Cache[V]) Get(ctx context.Context, key string, load Loader[V]) (V, Result, error) {
 	now := c.opts.Now()
 	if v, ok := c.live(key, now); ok {
@@ -128,6 +138,10 @@ func (c *Cache[V]) Get(ctx context.Context, key string, load Loader[V]) (V, Resu
 	}
 	var ran atomic.Bool
 	ch := c.group.DoChan(key, func() (any, error) {
+		// A load that finished since the lookup above filled the entry.
+		if v, ok := c.live(key, c.opts.Now()); ok {
+			return v, nil
+		}
 		ran.Store(true)
 		lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.opts.LoadTimeout)
 		defer cancel()
@@ -140,10 +154,12 @@ func (c *Cache[V]) Get(ctx context.Context, key string, load Loader[V]) (V, Resu
 		}
 		return v, nil
 	})
-	var res singleflight.Result
-	select {
-	case res = <-ch:
-	case <-ctx.Done():
+	res, waited := c.wait(ctx, key, now, ch)
+	if !waited {
+		if v, ok := c.staleEntry(key, c.opts.Now()); ok {
+			c.stale.Add(1)
+			return v, Stale, nil
+		}
 		var zero V
 		return zero, Miss, ctx.Err()
 	}
@@ -163,6 +179,30 @@ func (c *Cache[V]) Get(ctx context.Context, key string, load Loader[V]) (V, Resu
 		return zero, result, res.Err
 	}
 	return res.Val.(V), result, nil
+}
+
+// wait waits for a load's result. It gives up (false) when ctx ends, or
+// after StaleWait when key had a stale entry at now.
+func (c *Cache[V]) wait(ctx context.Context, key string, now time.Time, ch <-chan singleflight.Result) (singleflight.Result, bool) {
+	var staleWait <-chan time.Time
+	if _, ok := c.staleEntry(key, now); ok && c.opts.StaleWait > 0 {
+		t := time.NewTimer(c.opts.StaleWait)
+		defer t.Stop()
+		staleWait = t.C
+	}
+	for {
+		select {
+		case res := <-ch:
+			return res, true
+		case <-ctx.Done():
+			return singleflight.Result{}, false
+		case <-staleWait:
+			if _, ok := c.staleEntry(key, c.opts.Now()); ok {
+				return singleflight.Result{}, false
+			}
+			staleWait = nil // the entry went meanwhile: wait for the load
+		}
+	}
 }
 
 // Cached returns the live entry of key without loading it, counting a hit
@@ -201,8 +241,19 @@ func (c *Cache[V]) live(key string, now time.Time) (V, bool) {
 // staleValue returns an expired entry still inside the stale window when
 // err allows it.
 func (c *Cache[V]) staleValue(key string, now time.Time, err error) (V, bool) {
+	if !c.opts.ServeStale(err) {
+		var zero V
+		return zero, false
+	}
+	return c.staleEntry(key, now)
+}
+
+// staleEntry returns the entry of key unless it is past its stale window.
+// Get asks once the entry has expired; should another load have refreshed
+// it meanwhile, the live entry is as good an answer.
+func (c *Cache[V]) staleEntry(key string, now time.Time) (V, bool) {
 	var zero V
-	if c.opts.StaleIfError <= 0 || !c.opts.ServeStale(err) {
+	if c.opts.StaleIfError <= 0 {
 		return zero, false
 	}
 	c.mu.Lock()

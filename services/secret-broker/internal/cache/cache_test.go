@@ -264,3 +264,54 @@ func TestStaleIfError(t *testing.T) {
 		})
 	}
 }
+
+// TestStaleWhileTheLoadHangs checks that a load that does not finish is
+// answered with the stale entry, after StaleWait or at the lookup's
+// deadline, and that the load goes on and refreshes the entry; without a
+// stale entry the lookup waits for its deadline and fails.
+func TestStaleWhileTheLoadHangs(t *testing.T) {
+	tests := []struct {
+		name      string
+		staleWait time.Duration
+		timeout   time.Duration // of the lookup's context
+		after     time.Duration // since the first load
+		wantValue string
+		wantRes   Result
+		wantErr   error
+	}{
+		{"after StaleWait", 20 * time.Millisecond, time.Minute, 80 * time.Second, "old", Stale, nil},
+		{"at the lookup's deadline", 0, 20 * time.Millisecond, 80 * time.Second, "old", Stale, nil},
+		{"past the window the deadline fails", 20 * time.Millisecond, 50 * time.Millisecond, 91 * time.Second, "", Miss, context.DeadlineExceeded},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			clk := &clock{t: time.Unix(1000, 0)}
+			c := New[string](Options{Capacity: 10, TTL: time.Minute, StaleIfError: 30 * time.Second, StaleWait: tt.staleWait, Now: clk.now})
+			var calls atomic.Int64
+			if _, _, err := c.Get(t.Context(), "k", loader(&calls, "old", 0, nil)); err != nil {
+				t.Fatal(err)
+			}
+			clk.advance(tt.after)
+			release := make(chan struct{})
+			hanging := func(context.Context) (string, time.Duration, error) {
+				<-release
+				return "new", 0, nil
+			}
+			ctx, cancel := context.WithTimeout(t.Context(), tt.timeout)
+			defer cancel()
+			v, res, err := c.Get(ctx, "k", hanging)
+			if v != tt.wantValue || res != tt.wantRes || !errors.Is(err, tt.wantErr) {
+				t.Errorf("Get = %q, %v, %v; want %q, %v, %v", v, res, err, tt.wantValue, tt.wantRes, tt.wantErr)
+			}
+			close(release)
+			for deadline := time.Now().Add(2 * time.Second); ; time.Sleep(time.Millisecond) {
+				if v, ok := c.Peek("k"); ok && v == "new" {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatal("the load that went on never refreshed the entry")
+				}
+			}
+		})
+	}
+}

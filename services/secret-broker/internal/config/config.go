@@ -17,6 +17,7 @@ import (
 	"github.com/piggysec/piggy/libs/daemon"
 	"github.com/piggysec/piggy/libs/flagenv"
 	"github.com/piggysec/piggy/libs/podsettings"
+	"github.com/piggysec/piggy/services/secret-broker/internal/awssecrets"
 	"github.com/piggysec/piggy/services/secret-broker/internal/policy"
 )
 
@@ -56,9 +57,15 @@ type Config struct {
 	StaleIfError    time.Duration
 	// RequestTimeout bounds one GetSecrets call, AWS retries included.
 	RequestTimeout time.Duration
+	// AWSReadTimeout bounds one AWS read: awssecrets.ReadTimeout of
+	// RequestTimeout (three quarters), not a flag of its own.
+	AWSReadTimeout time.Duration
 
 	// AWSMaxAttempts, AWSMaxBackoff and AWSAttemptTimeout configure the
-	// SDK's retryer and HTTP client.
+	// SDK's retryer and HTTP client. Their worst case
+	// (awssecrets.RetryBudget) fits in AWSReadTimeout: AWSAttemptTimeout is
+	// derived from it (awssecrets.AttemptTimeout) unless given, and a given
+	// one that does not fit is refused.
 	AWSMaxAttempts    int
 	AWSMaxBackoff     time.Duration
 	AWSAttemptTimeout time.Duration
@@ -97,11 +104,13 @@ func Load(args []string, lookup flagenv.Lookup, output io.Writer) (Config, error
 	fs.IntVar(&c.TokenCacheSize, "token-cache-size", 10000, "TokenReview results cached")
 	fs.DurationVar(&c.SecretCacheTTL, "secret-cache-ttl", time.Minute, "how long AWS reads are cached; rotations show up within this time")
 	fs.IntVar(&c.SecretCacheSize, "secret-cache-size", 1000, "secrets and SSM paths cached")
-	fs.DurationVar(&c.StaleIfError, "stale-if-error", 0, "how long past its TTL a cached secret may still be served when AWS is throttling or unavailable; 0 disables")
-	fs.DurationVar(&c.RequestTimeout, "request-timeout", 8*time.Second, "deadline of one GetSecrets request, AWS retries included (keep it below piggy-env's 10s)")
-	fs.IntVar(&c.AWSMaxAttempts, "aws-max-attempts", 4, "attempts per AWS call (throttling, 5xx and connection errors are retried with backoff and jitter)")
-	fs.DurationVar(&c.AWSMaxBackoff, "aws-max-backoff", 2*time.Second, "longest backoff between AWS attempts")
-	fs.DurationVar(&c.AWSAttemptTimeout, "aws-attempt-timeout", 3*time.Second, "deadline of one AWS HTTP attempt")
+	fs.DurationVar(&c.StaleIfError, "stale-if-error", DefaultStaleIfError, "how long past its TTL a cached secret may still be served when AWS fails, throttles or does not answer within one attempt (--aws-attempt-timeout); never for not found or access denied. "+
+		"The default hour keeps pods whose values were read in the last hour starting through an AWS outage that long; while AWS fails, a rotation or PIGGY_ALLOWED_SA change reaches them up to that much later. 0 disables")
+	fs.DurationVar(&c.RequestTimeout, "request-timeout", 8*time.Second, "deadline of one GetSecrets request (keep it below piggy-env's 10s); the AWS read gets three quarters of it, the SDK's attempts and backoffs included, and the rest is left to answer, with a stale value if the read fails")
+	fs.IntVar(&c.AWSMaxAttempts, "aws-max-attempts", 3, "attempts per AWS call (throttling, 5xx and connection errors are retried with backoff and jitter)")
+	fs.DurationVar(&c.AWSMaxBackoff, "aws-max-backoff", time.Second, "longest backoff between AWS attempts")
+	fs.DurationVar(&c.AWSAttemptTimeout, "aws-attempt-timeout", 0, "deadline of one AWS HTTP attempt; 0 derives it so that every attempt and backoff fits in the AWS read: "+
+		"(3/4 × --request-timeout − (attempts−1) × --aws-max-backoff) / attempts, 1.33s with the defaults; a value that does not fit is refused")
 	fs.StringVar(&smPolicy, "secrets-manager-policy", strings.Join(policy.DefaultSecretsManagerPatterns, ","),
 		"comma-separated Secrets Manager name patterns a pod may read besides its default secret; {namespace} and {serviceaccount} are the pod's, * matches anything; empty allows none")
 	fs.StringVar(&ssmPolicy, "ssm-policy", strings.Join(policy.DefaultSSMPatterns, ","),
@@ -147,7 +156,7 @@ func Load(args []string, lookup flagenv.Lookup, output io.Writer) (Config, error
 		d    time.Duration
 	}{
 		{"--token-cache-ttl", c.TokenCacheTTL}, {"--secret-cache-ttl", c.SecretCacheTTL}, {"--request-timeout", c.RequestTimeout},
-		{"--aws-max-backoff", c.AWSMaxBackoff}, {"--aws-attempt-timeout", c.AWSAttemptTimeout},
+		{"--aws-max-backoff", c.AWSMaxBackoff},
 	}
 	for _, p := range positive {
 		if p.d <= 0 {
@@ -162,6 +171,8 @@ func Load(args []string, lookup flagenv.Lookup, output io.Writer) (Config, error
 	}
 	if c.AWSMaxAttempts < 1 {
 		errs = append(errs, errors.New("--aws-max-attempts must be at least 1"))
+	} else if err := c.fitRetries(); err != nil {
+		errs = append(errs, err)
 	}
 	if c.KubeQPS <= 0 || c.KubeBurst < 1 {
 		errs = append(errs, errors.New("--kube-api-qps must be positive and --kube-api-burst at least 1"))
@@ -170,6 +181,36 @@ func Load(args []string, lookup flagenv.Lookup, output io.Writer) (Config, error
 		return Config{}, &daemon.UsageError{Err: err}
 	}
 	return c, nil
+}
+
+// DefaultStaleIfError is the default of --stale-if-error.
+const DefaultStaleIfError = time.Hour
+
+// minAttemptTimeout is the shortest AWS attempt timeout accepted, derived
+// or given: below it even a healthy AWS would not answer in time.
+const minAttemptTimeout = 200 * time.Millisecond
+
+// fitRetries sets AWSReadTimeout from RequestTimeout and, unless given,
+// derives AWSAttemptTimeout so that the SDK's worst case fits in it; it
+// refuses retry settings that do not fit.
+func (c *Config) fitRetries() error {
+	c.AWSReadTimeout = awssecrets.ReadTimeout(c.RequestTimeout)
+	if c.AWSAttemptTimeout == 0 {
+		c.AWSAttemptTimeout = awssecrets.AttemptTimeout(c.AWSReadTimeout, c.AWSMaxAttempts, c.AWSMaxBackoff)
+		if c.AWSAttemptTimeout < minAttemptTimeout {
+			return fmt.Errorf("%d AWS attempts with backoffs up to --aws-max-backoff=%s leave %s per attempt in the AWS read's %s (3/4 of --request-timeout), less than %s; raise --request-timeout or lower --aws-max-attempts or --aws-max-backoff",
+				c.AWSMaxAttempts, c.AWSMaxBackoff, max(c.AWSAttemptTimeout, 0), c.AWSReadTimeout, minAttemptTimeout)
+		}
+		return nil
+	}
+	if c.AWSAttemptTimeout < minAttemptTimeout {
+		return fmt.Errorf("--aws-attempt-timeout must be at least %s (0 derives it)", minAttemptTimeout)
+	}
+	if budget := awssecrets.RetryBudget(c.AWSMaxAttempts, c.AWSAttemptTimeout, c.AWSMaxBackoff); budget > c.AWSReadTimeout {
+		return fmt.Errorf("%d AWS attempts of --aws-attempt-timeout=%s with backoffs up to --aws-max-backoff=%s take up to %s, more than the AWS read's %s (3/4 of --request-timeout); lower them, or set --aws-attempt-timeout=0 to derive it",
+			c.AWSMaxAttempts, c.AWSAttemptTimeout, c.AWSMaxBackoff, budget, c.AWSReadTimeout)
+	}
+	return nil
 }
 
 // defaultsHelp documents the variables read besides the flags'.

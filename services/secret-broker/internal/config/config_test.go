@@ -23,7 +23,7 @@ func TestDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.TokenAudience != "piggy" || c.AllowUnboundTokens || !c.PodInformer || c.TokenCacheTTL != time.Minute || c.StaleIfError != 0 || c.RequestTimeout != 8*time.Second {
+	if c.TokenAudience != "piggy" || c.AllowUnboundTokens || !c.PodInformer || c.TokenCacheTTL != time.Minute || c.StaleIfError != time.Hour || c.RequestTimeout != 8*time.Second {
 		t.Errorf("defaults = %+v", c)
 	}
 	want := policy.Rules{SecretsManager: []string{"{namespace}/*"}, SSM: []string{"/{namespace}", "/{namespace}/*"}}
@@ -75,6 +75,55 @@ func TestInvalid(t *testing.T) {
 		_, err := load(tt.args, tt.env)
 		if err == nil || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("Load(%v, %v) = %v, want an error with %q", tt.args, tt.env, err, tt.want)
+		}
+	}
+}
+
+// TestAWSRetriesFitTheRequest checks that the SDK's worst case (every
+// attempt timing out, the longest backoff between them) fits in the AWS
+// read's deadline, three quarters of the request timeout: the attempt
+// timeout is derived from it unless given, and given settings that do not
+// fit are refused.
+func TestAWSRetriesFitTheRequest(t *testing.T) {
+	tests := []struct {
+		args        []string
+		wantRead    time.Duration
+		wantAttempt time.Duration
+	}{
+		{nil, 6 * time.Second, 4 * time.Second / 3},
+		{[]string{"--request-timeout=4s", "--aws-max-attempts=2", "--aws-max-backoff=500ms"}, 3 * time.Second, 1250 * time.Millisecond},
+		{[]string{"--aws-max-attempts=1"}, 6 * time.Second, 6 * time.Second},
+		{[]string{"--aws-attempt-timeout=1s"}, 6 * time.Second, time.Second},
+		{[]string{"--aws-attempt-timeout=1s", "--aws-max-attempts=4", "--aws-max-backoff=600ms"}, 6 * time.Second, time.Second}, // 4s + 1.8s
+	}
+	for _, tt := range tests {
+		c, err := load(tt.args, nil)
+		if err != nil {
+			t.Errorf("Load(%v): %v", tt.args, err)
+			continue
+		}
+		if c.AWSReadTimeout != tt.wantRead || c.AWSAttemptTimeout != tt.wantAttempt {
+			t.Errorf("Load(%v): read %s, attempt %s; want %s, %s", tt.args, c.AWSReadTimeout, c.AWSAttemptTimeout, tt.wantRead, tt.wantAttempt)
+		}
+		budget := time.Duration(c.AWSMaxAttempts)*c.AWSAttemptTimeout + time.Duration(c.AWSMaxAttempts-1)*c.AWSMaxBackoff
+		if budget > c.AWSReadTimeout || c.AWSReadTimeout >= c.RequestTimeout {
+			t.Errorf("Load(%v): retries take up to %s, read %s, request %s", tt.args, budget, c.AWSReadTimeout, c.RequestTimeout)
+		}
+	}
+	refused := []struct {
+		args []string
+		want string
+	}{
+		// The old defaults: 4 × 3s + 3 × 2s = 18s.
+		{[]string{"--aws-max-attempts=4", "--aws-attempt-timeout=3s", "--aws-max-backoff=2s"}, "take up to 18s, more than the AWS read's 6s"},
+		{[]string{"--aws-max-attempts=5", "--aws-max-backoff=2s"}, "leave 0s per attempt"},
+		{[]string{"--request-timeout=1s"}, "less than 200ms"},
+		{[]string{"--aws-attempt-timeout=-1s"}, "--aws-attempt-timeout must be at least 200ms"},
+		{[]string{"--aws-attempt-timeout=100ms"}, "--aws-attempt-timeout must be at least 200ms"},
+	}
+	for _, tt := range refused {
+		if _, err := load(tt.args, nil); err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("Load(%v) = %v, want an error with %q", tt.args, err, tt.want)
 		}
 	}
 }
