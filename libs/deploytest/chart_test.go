@@ -252,7 +252,7 @@ func checkWebhook(t *testing.T, objs []*unstructured.Unstructured, variant strin
 	}
 
 	vap := one[admissionregistrationv1.ValidatingAdmissionPolicy](t, objs, "ValidatingAdmissionPolicy", releaseName+"-launcher-required")
-	if len(vap.Spec.Validations) != 1 || !strings.Contains(vap.Spec.Variables[1].Expression, "/piggy/piggy-env") {
+	if len(vap.Spec.Validations) != 3 || !strings.Contains(vap.Spec.Variables[1].Expression, "/piggy/piggy-env") {
 		t.Errorf("admission policy %+v", vap.Spec)
 	}
 	b := one[admissionregistrationv1.ValidatingAdmissionPolicyBinding](t, objs, "ValidatingAdmissionPolicyBinding", releaseName+"-launcher-required")

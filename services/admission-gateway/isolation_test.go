@@ -7,12 +7,14 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -266,4 +268,126 @@ func (s *stack) forge(ctx context.Context, client *http.Client, namespace string
 		return nil, fmt.Errorf("review answer (status %d): %v", resp.StatusCode, err)
 	}
 	return out.Response, nil
+}
+
+// TestReservedNames is the admission issue's reserved-name attack, through
+// the real apiserver: a pod that brings its own piggy-env or piggy-token
+// volume, install-piggy-env container, piggy-uid annotation, PIGGY_UID or
+// already launched container had them kept as they were (a hostPath
+// launcher, a token of another audience, a chosen UID, a broker address
+// outside the allowlist). Each is denied with a message naming the pod's
+// own object; a pod that is exactly what the webhook made of an earlier one
+// (a persisted pod created again) is admitted unchanged.
+func TestReservedNames(t *testing.T) {
+	s := startStack(t, "reserved", "")
+	ns := s.namespace(t, nil)
+	annotations := map[string]string{"piggysec.com/aws-secret-name": "team/app"}
+	app := func() corev1.Container {
+		return corev1.Container{Image: "registry.example/app:1", Command: []string{"/app"}, Env: env("A", "piggy:A")}
+	}
+	// The first pod also waits for the webhook configuration to apply.
+	original, err := s.create(t, appPod(ns, "original", annotations, app()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkLaunched(t, original, "app", []string{"/app"})
+
+	// copyOf is the persisted mutated pod as a new pod of the same spec.
+	copyOf := func(name string, change func(*corev1.Pod)) *corev1.Pod {
+		p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, Annotations: maps.Clone(original.Annotations)}, Spec: *original.Spec.DeepCopy()}
+		if change != nil {
+			change(p)
+		}
+		return p
+	}
+	hostPath := corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: "/var/lib/kubelet/pods"}}
+	foreignToken := corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{Sources: []corev1.VolumeProjection{{
+		ServiceAccountToken: &corev1.ServiceAccountTokenProjection{Audience: "https://kubernetes.default.svc", Path: "token"}}}}}
+	withVolume := func(name string, src corev1.VolumeSource, c corev1.Container) *corev1.Pod {
+		p := appPod(ns, "", annotations, c)
+		p.Spec.Volumes = []corev1.Volume{{Name: name, VolumeSource: src}}
+		return p
+	}
+	plain := corev1.Container{Image: "registry.example/app:1", Command: []string{"/app"}, Env: env("A", "plain"),
+		VolumeMounts: []corev1.VolumeMount{{Name: "piggy-token", MountPath: "/token"}}}
+
+	tests := []struct {
+		name string
+		pod  *corev1.Pod
+		want string
+	}{
+		{"hostPath launcher volume", withVolume("piggy-env", hostPath, app()), `piggy: volume "piggy-env" is reserved for Piggy; rename your volume`},
+		{"hostPath token volume", withVolume("piggy-token", hostPath, app()), `piggy: volume "piggy-token" is reserved for Piggy; rename your volume`},
+		{"token of another audience", withVolume("piggy-token", foreignToken, app()), `piggy: volume "piggy-token" is reserved for Piggy; rename your volume`},
+		{"token of another audience on a pod without piggy: values", withVolume("piggy-token", foreignToken, plain), `piggy: volume "piggy-token" is reserved for Piggy; rename your volume`},
+		{"own install init container", func() *corev1.Pod {
+			p := appPod(ns, "", annotations, app())
+			p.Spec.InitContainers = []corev1.Container{{Name: "install-piggy-env", Image: "registry.example/evil:1", Command: []string{"/evil", "/piggy"},
+				VolumeMounts: []corev1.VolumeMount{{Name: "piggy-env", MountPath: "/piggy"}}}}
+			return p
+		}(), `piggy: init container "install-piggy-env" is reserved for Piggy; rename your container`},
+		{"container named like the install container", func() *corev1.Pod {
+			c := app()
+			c.Name = "install-piggy-env"
+			return appPod(ns, "", annotations, c)
+		}(), `piggy: container name "install-piggy-env" is reserved for Piggy; rename your container`},
+		{"chosen piggy-uid annotation", appPod(ns, "", map[string]string{"piggysec.com/aws-secret-name": "team/app",
+			"piggysec.com/piggy-uid": `{"app":{"uid":"0123456789abcdef0123456789abcdef","signature":""}}`}, app()),
+			`piggy: annotation piggysec.com/piggy-uid is written by Piggy; remove it`},
+		{"chosen PIGGY_UID", func() *corev1.Pod {
+			c := app()
+			c.Env = append(c.Env, env("PIGGY_UID", "0123456789abcdef0123456789abcdef")...)
+			return appPod(ns, "", annotations, c)
+		}(), `piggy: container "app" sets PIGGY_UID, which is reserved for Piggy; remove it`},
+		{"container that already starts piggy-env", appPod(ns, "", annotations, corev1.Container{Image: "registry.example/app:1",
+			Command: []string{"/piggy/piggy-env"}, Args: []string{"--", "/app"}, Env: env("A", "piggy:A", "PIGGY_ADDRESS", "https://evil.example", "PIGGY_TOKEN_FILE", "/t/token"),
+			VolumeMounts: []corev1.VolumeMount{{Name: "piggy-token", MountPath: "/t"}}}),
+			`piggy: container "app" already starts through /piggy/piggy-env, which only Piggy sets up; give it its own command`},
+		{"copy with another broker address", copyOf("", func(p *corev1.Pod) {
+			p.Spec.Containers[0].Env = append(p.Spec.Containers[0].Env, env("PIGGY_ADDRESS", "https://evil.example")...)
+		}), `piggy: container "app" starts through /piggy/piggy-env but PIGGY_ADDRESS is not what Piggy set`},
+		{"copy with a chosen uid", copyOf("", func(p *corev1.Pod) {
+			p.Annotations["piggysec.com/piggy-uid"] = strings.Replace(p.Annotations["piggysec.com/piggy-uid"], envOf(p.Spec.Containers[0], "PIGGY_UID"), "0123456789abcdef0123456789abcdef", 1)
+		}), `piggy: annotation piggysec.com/piggy-uid does not match what Piggy set for container "app"`},
+		{"copy with a hostPath launcher volume", copyOf("", func(p *corev1.Pod) {
+			for i := range p.Spec.Volumes {
+				if p.Spec.Volumes[i].Name == "piggy-env" {
+					p.Spec.Volumes[i].VolumeSource = hostPath
+				}
+			}
+		}), `piggy: volume "piggy-env" is reserved for Piggy; rename your volume`},
+		{"copy with another install image", copyOf("", func(p *corev1.Pod) {
+			p.Spec.InitContainers[0].Image = "registry.example/evil:1"
+		}), `piggy: init container "install-piggy-env" is reserved for Piggy; rename your container`},
+	}
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tt.pod.Name = fmt.Sprintf("reserved-%d", i)
+			p, err := s.cs.CoreV1().Pods(ns).Create(t.Context(), tt.pod, metav1.CreateOptions{})
+			if err == nil {
+				var images []string
+				for _, c := range p.Spec.InitContainers {
+					images = append(images, c.Name+"="+c.Image)
+				}
+				t.Fatalf("admitted with init containers %v and piggy-uid %s", images, p.Annotations["piggysec.com/piggy-uid"])
+			}
+			if !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("create error = %v, want %q", err, tt.want)
+			}
+		})
+	}
+
+	t.Run("persisted pod created again is admitted unchanged", func(t *testing.T) {
+		p, err := s.cs.CoreV1().Pods(ns).Create(t.Context(), copyOf("copy", nil), metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p.Annotations["piggysec.com/piggy-uid"] != original.Annotations["piggysec.com/piggy-uid"] {
+			t.Errorf("identities changed: %s, was %s", p.Annotations["piggysec.com/piggy-uid"], original.Annotations["piggysec.com/piggy-uid"])
+		}
+		if len(p.Spec.InitContainers) != 1 || len(p.Spec.Volumes) != len(original.Spec.Volumes) || !slices.Equal(p.Spec.Containers[0].Args, original.Spec.Containers[0].Args) {
+			t.Errorf("pod was mutated again: init containers %v, volumes %v", p.Spec.InitContainers, p.Spec.Volumes)
+		}
+		checkLaunched(t, p, "app", []string{"/app"})
+	})
 }

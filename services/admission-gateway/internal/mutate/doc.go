@@ -13,4 +13,9 @@
 // the command/args/env/volumeMounts of referencing containers, and the
 // piggy-uid annotation), so fields the compiled API types do not know
 // survive. Running Mutate again on its own output yields no patch.
+//
+// The names of what Piggy adds are reserved: a pod that brings its own
+// piggy-env or piggy-token volume, install-piggy-env container,
+// piggy-uid annotation, PIGGY_UID or /piggy/piggy-env command is denied,
+// unless it is exactly Piggy's earlier output (checkReserved).
 package mutate

@@ -129,6 +129,10 @@ type Mutator struct {
 	launcherVolume, tokenVolume json.RawMessage
 	installContainers           sync.Map // installKey → json.RawMessage
 	installVariants             atomic.Int64
+
+	// The volumes as values, to compare a pod's volumes of those names
+	// with (checkReserved).
+	launcherVol, tokenVol corev1.Volume
 }
 
 // New returns a Mutator. resolver and env may be shared by concurrent
@@ -152,18 +156,19 @@ func New(cfg Config, resolver ImageConfigResolver, env EnvSource) *Mutator {
 			m.allowed = append(m.allowed, p)
 		}
 	}
-	m.launcherVolume = mustJSON(corev1.Volume{Name: LauncherVolumeName, VolumeSource: corev1.VolumeSource{
+	m.launcherVol = corev1.Volume{Name: LauncherVolumeName, VolumeSource: corev1.VolumeSource{
 		EmptyDir: &corev1.EmptyDirVolumeSource{Medium: corev1.StorageMediumMemory, SizeLimit: ptr(resource.MustParse("32Mi"))},
-	}})
+	}}
 	expiry := int64(cfg.TokenExpiration / time.Second)
-	m.tokenVolume = mustJSON(corev1.Volume{Name: TokenVolumeName, VolumeSource: corev1.VolumeSource{
+	m.tokenVol = corev1.Volume{Name: TokenVolumeName, VolumeSource: corev1.VolumeSource{
 		Projected: &corev1.ProjectedVolumeSource{
 			DefaultMode: ptr(int32(0o444)),
 			Sources: []corev1.VolumeProjection{{ServiceAccountToken: &corev1.ServiceAccountTokenProjection{
 				Audience: cfg.TokenAudience, ExpirationSeconds: &expiry, Path: "token",
 			}}},
 		},
-	}})
+	}}
+	m.launcherVolume, m.tokenVolume = mustJSON(m.launcherVol), mustJSON(m.tokenVol)
 	return m
 }
 
@@ -189,22 +194,33 @@ type target struct {
 	skip bool
 }
 
-// Mutate decides what to do with pod, created in namespace.
+// Mutate decides what to do with pod, created in namespace. A pod that
+// uses Piggy's reserved names for anything but Piggy's own earlier output
+// is denied first (see checkReserved).
 func (m *Mutator) Mutate(ctx context.Context, pod *corev1.Pod, namespace string) Outcome {
 	read := podsettings.Read(pod.Annotations, m.cfg.Defaults)
+	s := read.Settings
+	sa := pod.Spec.ServiceAccountName
+	if sa == "" {
+		sa = "default"
+	}
+	configured := s.Configured()
+	standaloneDefault := s.Standalone && s.SecretName == "" && s.SSMParameterPath == ""
+	if standaloneDefault {
+		s.SecretName = s.DefaultSecretName(namespace, sa)
+	}
 	out := Outcome{}
-	if !read.Settings.Configured() {
+	if msg := m.checkReserved(pod, s); msg != "" {
+		out.Denied = msg
+		return out
+	}
+	if !configured {
 		return out
 	}
 	out.Warnings = read.Warnings
 	if read.Denied != "" {
 		out.Denied = read.Denied
 		return out
-	}
-	s := read.Settings
-	sa := pod.Spec.ServiceAccountName
-	if sa == "" {
-		sa = "default"
 	}
 
 	targets, err := m.findTargets(ctx, pod, namespace)
@@ -225,8 +241,7 @@ func (m *Mutator) Mutate(ctx context.Context, pod *corev1.Pod, namespace string)
 		out.Denied = msg
 		return out
 	}
-	if s.Standalone && s.SecretName == "" && s.SSMParameterPath == "" {
-		s.SecretName = s.DefaultSecretName(namespace, sa)
+	if standaloneDefault {
 		out.Warnings = append(out.Warnings, fmt.Sprintf("piggy: no %s%s set; standalone mode reads the default secret %q", podsettings.Prefix, podsettings.AWSSecretName, s.SecretName))
 	}
 
@@ -237,11 +252,8 @@ func (m *Mutator) Mutate(ctx context.Context, pod *corev1.Pod, namespace string)
 		return out
 	}
 
-	existing, err := podidentity.Parse(pod.Annotations[podidentity.AnnotationKey])
-	if err != nil {
-		out.Warnings = append(out.Warnings, "piggy: the piggy-uid annotation was unreadable and has been rewritten")
-		existing = podidentity.Identities{}
-	}
+	// checkReserved has made sure that the identities of launched
+	// containers are Piggy's and that nobody else has one.
 	ids := podidentity.Identities{}
 	p := patch{ops: make([]Op, 0, 16)}
 	proxy := !s.Standalone
@@ -259,9 +271,6 @@ func (m *Mutator) Mutate(ctx context.Context, pod *corev1.Pod, namespace string)
 		entry := podidentity.Entry{Signature: podidentity.Signature(t.commandLine)}
 		if proxy {
 			entry.UID = m.newUID()
-			if old, ok := existing[t.container.Name]; ok && old.UID != "" {
-				entry.UID = old.UID
-			}
 			ids[t.container.Name] = entry
 		}
 		m.launch(&p, t, s, entry.UID)
@@ -306,7 +315,7 @@ func (m *Mutator) findTargets(ctx context.Context, pod *corev1.Pod, namespace st
 			if group.init && c.Name == InstallContainerName {
 				continue
 			}
-			if len(c.Command) == 1 && c.Command[0] == LauncherPath && len(c.Args) > 0 && c.Args[0] == "--" {
+			if isLaunched(c) {
 				targets = append(targets, &target{init: group.init, index: i, container: c, launched: true, commandLine: c.Args[1:]})
 				continue
 			}
@@ -481,11 +490,7 @@ func (m *Mutator) launch(p *patch, t *target, s podsettings.Settings, uid string
 	base := containerPath(t.init, t.index)
 	p.add(base+"/command", []string{LauncherPath})
 	p.add(base+"/args", append([]string{"--"}, t.commandLine...))
-	mounts := []corev1.VolumeMount{{Name: LauncherVolumeName, MountPath: LauncherDir, ReadOnly: true}}
-	if !s.Standalone {
-		mounts = append(mounts, corev1.VolumeMount{Name: TokenVolumeName, MountPath: TokenDir, ReadOnly: true})
-	}
-	appendAll(p, base+"/volumeMounts", len(t.container.VolumeMounts), mounts)
+	appendAll(p, base+"/volumeMounts", len(t.container.VolumeMounts), launcherMounts(s))
 	appendAll(p, base+"/env", len(t.container.Env), m.launcherEnv(s, uid))
 }
 

@@ -11,10 +11,12 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 	jsonpatch "gopkg.in/evanphx/json-patch.v4"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 
 	"github.com/piggysec/piggy/libs/podidentity"
 	"github.com/piggysec/piggy/libs/podsettings"
@@ -417,4 +419,238 @@ func TestPlatformFromNodeAffinity(t *testing.T) {
 	if os, arch := platform(pod); os != "linux" || arch != "arm64" {
 		t.Errorf("platform = %s/%s, want linux/arm64", os, arch)
 	}
+}
+
+func TestReservedNames(t *testing.T) {
+	m := newTestMutator(Config{}, &fakeResolver{}, fakeEnv{})
+	const app = `{"name": "app", "image": "a", "command": ["/app"], "env": [{"name": "A", "value": "piggy:A"}]}`
+	fresh := func(spec string) func(*testing.T) *corev1.Pod {
+		return func(t *testing.T) *corev1.Pod {
+			pod, _ := podJSON(t, `{"metadata": {"name": "web", `+annotated+`}, "spec": `+spec+`}`)
+			return pod
+		}
+	}
+	// mutated is what the webhook made of a pod with containers app and
+	// worker, changed by change.
+	mutated := func(change func(*corev1.Pod)) func(*testing.T) *corev1.Pod {
+		return func(t *testing.T) *corev1.Pod {
+			_, raw := podJSON(t, `{"metadata": {"name": "web", `+annotated+`}, "spec": {"containers": [`+app+`,
+				{"name": "worker", "image": "w", "command": ["/worker"], "env": [{"name": "B", "value": "piggy:B"}]}]}}`)
+			var pod corev1.Pod
+			out := m.Mutate(t.Context(), mustPod(t, raw), "team")
+			if err := json.Unmarshal(apply(t, raw, out.Patch), &pod); err != nil {
+				t.Fatal(err)
+			}
+			if change != nil {
+				change(&pod)
+			}
+			return &pod
+		}
+	}
+	volume := func(name string, src corev1.VolumeSource) func(*corev1.Pod) {
+		return func(p *corev1.Pod) {
+			for i := range p.Spec.Volumes {
+				if p.Spec.Volumes[i].Name == name {
+					p.Spec.Volumes[i].VolumeSource = src
+				}
+			}
+		}
+	}
+	hostPath := corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: "/"}}
+	install := func(change func(*corev1.Container)) func(*corev1.Pod) {
+		return func(p *corev1.Pod) { change(&p.Spec.InitContainers[0]) }
+	}
+	container := func(change func(*corev1.Container)) func(*corev1.Pod) {
+		return func(p *corev1.Pod) { change(&p.Spec.Containers[0]) }
+	}
+	// What admission of others adds to every container: the service
+	// account token, IRSA's token and env, LimitRanger's defaults.
+	othersAdd := func(c *corev1.Container) {
+		c.VolumeMounts = append(c.VolumeMounts,
+			corev1.VolumeMount{Name: "kube-api-access-x", MountPath: "/var/run/secrets/kubernetes.io/serviceaccount", ReadOnly: true},
+			corev1.VolumeMount{Name: "aws-iam-token", MountPath: "/var/run/secrets/eks.amazonaws.com/serviceaccount", ReadOnly: true})
+		c.Env = append(c.Env, corev1.EnvVar{Name: "AWS_ROLE_ARN", Value: "arn:aws:iam::1:role/r"})
+		if c.Resources.Limits != nil {
+			c.Resources.Limits["ephemeral-storage"] = resource.MustParse("1Gi")
+		}
+		if c.TerminationMessagePath == "" {
+			c.TerminationMessagePath = corev1.TerminationMessagePathDefault
+		}
+	}
+
+	const (
+		recreated = "; create the pod from its own spec, without what Piggy added"
+		uid       = "0123456789abcdef0123456789abcdef"
+	)
+	tests := []struct {
+		name string
+		pod  func(*testing.T) *corev1.Pod
+		cfg  Config
+		// want is the denial; "" means admitted without a patch.
+		want string
+	}{
+		{name: "launcher volume of a hostPath", pod: fresh(`{"volumes": [{"name": "piggy-env", "hostPath": {"path": "/"}}], "containers": [` + app + `]}`),
+			want: `piggy: volume "piggy-env" is reserved for Piggy; rename your volume`},
+		{name: "launcher volume on disk", pod: fresh(`{"volumes": [{"name": "piggy-env", "emptyDir": {}}], "containers": [` + app + `]}`),
+			want: `piggy: volume "piggy-env" is reserved for Piggy; rename your volume`},
+		{name: "token of another audience", pod: fresh(`{"volumes": [{"name": "piggy-token", "projected": {"defaultMode": 292, "sources": [{"serviceAccountToken": {"audience": "api", "expirationSeconds": 600, "path": "token"}}]}}], "containers": [` + app + `]}`),
+			want: `piggy: volume "piggy-token" is reserved for Piggy; rename your volume`},
+		{name: "token of a longer life", pod: fresh(`{"volumes": [{"name": "piggy-token", "projected": {"defaultMode": 292, "sources": [{"serviceAccountToken": {"audience": "piggy", "expirationSeconds": 86400, "path": "token"}}]}}], "containers": [` + app + `]}`),
+			want: `piggy: volume "piggy-token" is reserved for Piggy; rename your volume`},
+		{name: "foreign token on a pod without piggy: values", pod: fresh(`{"volumes": [{"name": "piggy-token", "secret": {"secretName": "s"}}], "containers": [{"name": "app", "image": "a"}]}`),
+			want: `piggy: volume "piggy-token" is reserved for Piggy; rename your volume`},
+		{name: "foreign token on a pod Piggy is not configured for", pod: func(t *testing.T) *corev1.Pod {
+			pod, _ := podJSON(t, `{"metadata": {"name": "web"}, "spec": {"volumes": [{"name": "piggy-token", "secret": {"secretName": "s"}}], "containers": [{"name": "app", "image": "a"}]}}`)
+			return pod
+		}, want: `piggy: volume "piggy-token" is reserved for Piggy; rename your volume`},
+		{name: "own install container", pod: fresh(`{"initContainers": [{"name": "install-piggy-env", "image": "evil", "args": ["install", "/piggy"]}], "containers": [` + app + `]}`),
+			want: `piggy: init container "install-piggy-env" is reserved for Piggy; rename your container`},
+		{name: "container named like the install container", pod: fresh(`{"containers": [{"name": "install-piggy-env", "image": "a"}]}`),
+			want: `piggy: container name "install-piggy-env" is reserved for Piggy; rename your container`},
+		{name: "chosen piggy-uid annotation", pod: func(t *testing.T) *corev1.Pod {
+			pod, _ := podJSON(t, `{"metadata": {"name": "web", "annotations": {"piggysec.com/aws-secret-name": "team/app", "piggysec.com/piggy-address": "`+broker+`",
+				"piggysec.com/piggy-uid": "{\"app\":{\"uid\":\"`+uid+`\",\"signature\":\"\"}}"}}, "spec": {"containers": [`+app+`]}}`)
+			return pod
+		}, want: `piggy: annotation piggysec.com/piggy-uid is written by Piggy; remove it`},
+		{name: "chosen PIGGY_UID", pod: fresh(`{"containers": [{"name": "app", "image": "a", "command": ["/app"], "env": [{"name": "A", "value": "piggy:A"}, {"name": "PIGGY_UID", "value": "` + uid + `"}]}]}`),
+			want: `piggy: container "app" sets PIGGY_UID, which is reserved for Piggy; remove it`},
+		{name: "chosen PIGGY_UID in an init container without piggy: values", pod: fresh(`{"initContainers": [{"name": "setup", "image": "s", "env": [{"name": "PIGGY_UID", "value": "` + uid + `"}]}], "containers": [` + app + `]}`),
+			want: `piggy: container "setup" sets PIGGY_UID, which is reserved for Piggy; remove it`},
+		{name: "container that already starts piggy-env", pod: fresh(`{"containers": [{"name": "app", "image": "a", "command": ["/piggy/piggy-env"], "args": ["--", "/app"], "env": [{"name": "PIGGY_ADDRESS", "value": "https://evil.example"}]}]}`),
+			want: `piggy: container "app" already starts through /piggy/piggy-env, which only Piggy sets up; give it its own command`},
+
+		{name: "re-invocation", pod: mutated(nil)},
+		{name: "re-invocation after others added to every container", pod: mutated(func(p *corev1.Pod) {
+			othersAdd(&p.Spec.InitContainers[0])
+			othersAdd(&p.Spec.Containers[0])
+		})},
+		{name: "re-invocation after another init container was put first", pod: mutated(func(p *corev1.Pod) {
+			p.Spec.InitContainers = append([]corev1.Container{{Name: "mesh-init", Image: "m"}}, p.Spec.InitContainers...)
+		})},
+		{name: "another install image", pod: mutated(install(func(c *corev1.Container) { c.Image = "evil" })),
+			want: `piggy: init container "install-piggy-env" is reserved for Piggy; rename your container`},
+		{name: "another CA for piggy-env", pod: mutated(install(func(c *corev1.Container) { c.Env[0].Value = "evil" })),
+			want: `piggy: init container "install-piggy-env" is reserved for Piggy; rename your container`},
+		{name: "install container with more PIGGY_ env", pod: mutated(install(func(c *corev1.Container) { c.Env = append(c.Env, corev1.EnvVar{Name: "PIGGY_X", Value: "1"}) })),
+			want: `piggy: init container "install-piggy-env" is reserved for Piggy; rename your container`},
+		{name: "install container with a mount inside the launcher directory", pod: mutated(install(func(c *corev1.Container) {
+			c.VolumeMounts = append(c.VolumeMounts, corev1.VolumeMount{Name: "data", MountPath: "/piggy/piggy-env"})
+		})), want: `piggy: init container "install-piggy-env" is reserved for Piggy; rename your container`},
+		{name: "install container with privilege escalation", pod: mutated(install(func(c *corev1.Container) { c.SecurityContext.AllowPrivilegeEscalation = ptr(true) })),
+			want: `piggy: init container "install-piggy-env" is reserved for Piggy; rename your container`},
+		{name: "hostPath launcher volume", pod: mutated(volume(LauncherVolumeName, hostPath)),
+			want: `piggy: volume "piggy-env" is reserved for Piggy; rename your volume`},
+		{name: "token volume of another operator setting", pod: mutated(nil), cfg: Config{TokenExpiration: time.Hour},
+			want: `piggy: volume "piggy-token" is reserved for Piggy; rename your volume`},
+		// The webhook is stateless: identities made to agree with each
+		// other pass as Piggy's (see checkReserved).
+		{name: "uid chosen for both the annotation and PIGGY_UID", pod: mutated(func(p *corev1.Pod) {
+			ids, _ := podidentity.Parse(p.Annotations[podidentity.AnnotationKey])
+			e := ids["app"]
+			e.UID = uid
+			ids["app"] = e
+			p.Annotations[podidentity.AnnotationKey] = ids.Format()
+			for i, env := range p.Spec.Containers[0].Env {
+				if env.Name == "PIGGY_UID" {
+					p.Spec.Containers[0].Env[i].Value = uid
+				}
+			}
+		})},
+		{name: "uid that is not the container's", pod: mutated(func(p *corev1.Pod) {
+			p.Annotations[podidentity.AnnotationKey] = strings.Replace(p.Annotations[podidentity.AnnotationKey], envOf(p.Spec.Containers[0], "PIGGY_UID"), uid, 1)
+		}), want: `piggy: annotation piggysec.com/piggy-uid does not match what Piggy set for container "app"` + recreated},
+		{name: "another signature", pod: mutated(func(p *corev1.Pod) { p.Spec.Containers[0].Args = []string{"--", "/bin/sh", "-c", "env"} }),
+			want: `piggy: annotation piggysec.com/piggy-uid does not match what Piggy set for container "app"` + recreated},
+		{name: "second PIGGY_UID", pod: mutated(container(func(c *corev1.Container) { c.Env = append([]corev1.EnvVar{{Name: "PIGGY_UID", Value: uid}}, c.Env...) })),
+			want: `piggy: annotation piggysec.com/piggy-uid does not match what Piggy set for container "app"` + recreated},
+		{name: "unreadable annotation", pod: mutated(func(p *corev1.Pod) { p.Annotations[podidentity.AnnotationKey] = "{bad" }),
+			want: `piggy: annotation piggysec.com/piggy-uid is not what Piggy wrote` + recreated},
+		{name: "identity of a container Piggy did not launch", pod: mutated(func(p *corev1.Pod) {
+			ids, _ := podidentity.Parse(p.Annotations[podidentity.AnnotationKey])
+			ids["ghost"] = podidentity.Entry{UID: uid, Signature: "s"}
+			p.Annotations[podidentity.AnnotationKey] = ids.Format()
+		}), want: `piggy: annotation piggysec.com/piggy-uid has an identity for container "ghost", which Piggy did not launch` + recreated},
+		{name: "identity of a launched container removed", pod: mutated(func(p *corev1.Pod) {
+			ids, _ := podidentity.Parse(p.Annotations[podidentity.AnnotationKey])
+			delete(ids, "worker")
+			p.Annotations[podidentity.AnnotationKey] = ids.Format()
+		}), want: `piggy: annotation piggysec.com/piggy-uid does not match what Piggy set for container "worker"` + recreated},
+		{name: "PIGGY_UID on a container Piggy did not launch", pod: mutated(func(p *corev1.Pod) {
+			p.Spec.Containers = append(p.Spec.Containers, corev1.Container{Name: "late", Image: "l", Env: []corev1.EnvVar{{Name: "PIGGY_UID", Value: uid}}})
+		}), want: `piggy: container "late" sets PIGGY_UID, which is reserved for Piggy; remove it`},
+		{name: "another broker address after Piggy's", pod: mutated(container(func(c *corev1.Container) {
+			c.Env = append(c.Env, corev1.EnvVar{Name: "PIGGY_ADDRESS", Value: "https://evil.example"})
+		})), want: `piggy: container "app" starts through /piggy/piggy-env but PIGGY_ADDRESS is not what Piggy set` + recreated},
+		{name: "TLS verification turned off from a ConfigMap", pod: mutated(container(func(c *corev1.Container) {
+			c.Env = append(c.Env, corev1.EnvVar{Name: "PIGGY_SKIP_VERIFY_TLS", ValueFrom: &corev1.EnvVarSource{ConfigMapKeyRef: &corev1.ConfigMapKeySelector{Key: "k"}}})
+		})), want: `piggy: container "app" starts through /piggy/piggy-env but PIGGY_SKIP_VERIFY_TLS is not what Piggy set` + recreated},
+		{name: "token mounted elsewhere", pod: mutated(container(func(c *corev1.Container) {
+			for i := range c.VolumeMounts {
+				if c.VolumeMounts[i].Name == TokenVolumeName {
+					c.VolumeMounts[i].MountPath = "/elsewhere"
+				}
+			}
+		})), want: `piggy: container "app" starts through /piggy/piggy-env but does not mount volume "piggy-token" as Piggy set it` + recreated},
+		{name: "piggy-env started otherwise", pod: mutated(func(p *corev1.Pod) {
+			p.Spec.Containers = append(p.Spec.Containers, corev1.Container{Name: "late", Image: "l", Command: []string{LauncherPath, "/sh"}})
+		}), want: `piggy: container "late" already starts through /piggy/piggy-env, which only Piggy sets up; give it its own command`},
+		{name: "annotation on a standalone pod", pod: func(t *testing.T) *corev1.Pod {
+			pod, _ := podJSON(t, `{"metadata": {"name": "web", "annotations": {"piggysec.com/standalone": "true", "piggysec.com/piggy-uid": "{}"}}, "spec": {"containers": [`+app+`]}}`)
+			return pod
+		}, want: `piggy: annotation piggysec.com/piggy-uid is written by Piggy; remove it`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			pod := tt.pod(t)
+			mm := m
+			if tt.cfg.TokenExpiration != 0 {
+				mm = newTestMutator(tt.cfg, &fakeResolver{}, fakeEnv{})
+			}
+			out := mm.Mutate(t.Context(), pod, "team")
+			if out.Denied != tt.want {
+				t.Fatalf("denied = %q, want %q", out.Denied, tt.want)
+			}
+			if tt.want == "" && len(out.Patch) != 0 {
+				t.Errorf("patch %v, want none", out.Patch)
+			}
+		})
+	}
+}
+
+func TestReservedNamesStandaloneReinvocation(t *testing.T) {
+	m := newTestMutator(Config{Defaults: podsettings.Defaults{Values: map[string]string{"piggy-address": broker}}}, &fakeResolver{}, fakeEnv{})
+	_, raw := podJSON(t, `{"metadata": {"name": "web", "annotations": {"piggysec.com/standalone": "true"}},
+		"spec": {"containers": [{"name": "app", "image": "a", "command": ["/app"], "env": [{"name": "A", "value": "piggy:A"}]}]}}`)
+	first := m.Mutate(t.Context(), mustPod(t, raw), "team")
+	if first.Denied != "" || len(first.Patch) == 0 {
+		t.Fatalf("first pass: denied %q, patch %v", first.Denied, first.Patch)
+	}
+	mutated := apply(t, raw, first.Patch)
+	if again := m.Mutate(t.Context(), mustPod(t, mutated), "team"); again.Denied != "" || len(again.Patch) != 0 {
+		t.Fatalf("re-invocation: denied %q, patch %v", again.Denied, again.Patch)
+	}
+	// Another default secret than the one Piggy gave the container.
+	forged := mustPod(t, mutated)
+	forged.Spec.Containers[0].Env = append(forged.Spec.Containers[0].Env, corev1.EnvVar{Name: "PIGGY_AWS_SECRET_NAME", Value: "other/app"})
+	if out := m.Mutate(t.Context(), forged, "team"); !strings.Contains(out.Denied, "PIGGY_AWS_SECRET_NAME is not what Piggy set") {
+		t.Errorf("denied = %q, want the secret name refused", out.Denied)
+	}
+}
+
+func mustPod(t *testing.T, raw []byte) *corev1.Pod {
+	t.Helper()
+	var p corev1.Pod
+	if err := json.Unmarshal(raw, &p); err != nil {
+		t.Fatal(err)
+	}
+	return &p
+}
+
+func envOf(c corev1.Container, name string) string {
+	for _, e := range c.Env {
+		if e.Name == name {
+			return e.Value
+		}
+	}
+	return ""
 }
