@@ -234,7 +234,12 @@ func TestHelmInstallAndUpgrade(t *testing.T) {
 	ctx := t.Context()
 	kc := cl.KubeconfigPath()
 
-	helmCmd(t, kc, "install", releaseName, chartDir(), "--namespace", releaseNamespace, "--create-namespace")
+	if _, err := kubetest.CreateNamespace(ctx, c.cs, "team-a"); err != nil {
+		t.Fatal(err)
+	}
+	// The gateway may read Secrets in team-a; every upgrade keeps it.
+	readSecrets := []string{"--set-json", `admission-gateway.secretReadNamespaces=["team-a"]`}
+	helmCmd(t, kc, append([]string{"install", releaseName, chartDir(), "--namespace", releaseNamespace, "--create-namespace"}, readSecrets...)...)
 	first := readTLSState(t, c.cs, releaseNamespace, releaseName)
 	if !bytes.Equal(first.caBundle, first.data[releaseName+"-ca"]["tls.crt"]) {
 		t.Fatal("the installed webhook's caBundle is not the installed CA")
@@ -246,7 +251,7 @@ func TestHelmInstallAndUpgrade(t *testing.T) {
 	}
 
 	t.Run("upgrade reuses certificates", func(t *testing.T) {
-		helmCmd(t, kc, "upgrade", releaseName, chartDir(), "--namespace", releaseNamespace, "--set", "global.logLevel=warn")
+		helmCmd(t, kc, append([]string{"upgrade", releaseName, chartDir(), "--namespace", releaseNamespace, "--set", "global.logLevel=warn"}, readSecrets...)...)
 		second := readTLSState(t, c.cs, releaseNamespace, releaseName)
 		for n, d := range first.data {
 			for k, v := range d {
@@ -272,7 +277,7 @@ func TestHelmInstallAndUpgrade(t *testing.T) {
 		if _, err := c.cs.CoreV1().Secrets(releaseNamespace).Patch(ctx, secret, "application/merge-patch+json", []byte(patch), metav1.PatchOptions{}); err != nil {
 			t.Fatal(err)
 		}
-		helmCmd(t, kc, "upgrade", releaseName, chartDir(), "--namespace", releaseNamespace, "--set", "global.logLevel=warn")
+		helmCmd(t, kc, append([]string{"upgrade", releaseName, chartDir(), "--namespace", releaseNamespace, "--set", "global.logLevel=warn"}, readSecrets...)...)
 		third := readTLSState(t, c.cs, releaseNamespace, releaseName)
 		if bytes.Equal(first.data[secret]["tls.crt"], third.data[secret]["tls.crt"]) {
 			t.Error("the certificate near expiry was not reissued")
@@ -299,6 +304,7 @@ func TestHelmInstallAndUpgrade(t *testing.T) {
 		cases := map[string][]check{
 			"admission-gateway": {
 				{"get", "", "configmaps", "team-a", true}, {"get", "", "secrets", "team-a", true},
+				{"get", "", "secrets", "team-b", false}, {"get", "", "secrets", releaseNamespace, false},
 				{"list", "", "secrets", "team-a", false}, {"watch", "", "configmaps", "", false},
 				{"create", "", "pods", "team-a", false}, {"get", "", "pods", "team-a", false},
 				{"create", "authentication.k8s.io", "tokenreviews", "", false},

@@ -37,13 +37,23 @@ func TestWebhookEndToEnd(t *testing.T) {
 
 	// The gateway certificate also names localhost: the apiserver calls
 	// https://localhost:<port>/mutate.
-	objs := helmTemplate(t, "--set", "admission-gateway.tls.extraDnsNames={localhost}")
+	// The team namespace is one the gateway may read Secrets in.
+	team, err := kubetest.CreateNamespace(ctx, c.cs, "team-a-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns := team.Name
+	objs := helmTemplate(t, "--set", "admission-gateway.tls.extraDnsNames={localhost}", "--set-json", `admission-gateway.secretReadNamespaces=["`+ns+`"]`)
 	if _, err := kubetest.CreateNamespace(ctx, c.cs, releaseNamespace); err != nil {
 		t.Fatal(err)
 	}
 	// The gateway's identity and RBAC, as rendered.
-	for _, kind := range []string{"ServiceAccount", "ClusterRole", "ClusterRoleBinding"} {
-		for _, u := range find(objs, kind, name("admission-gateway")) {
+	for _, kind := range []string{"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"} {
+		objName := name("admission-gateway")
+		if kind == "Role" || kind == "RoleBinding" {
+			objName += "-secrets"
+		}
+		for _, u := range find(objs, kind, objName) {
 			if _, err := c.resource(t, u).Create(ctx, u, metav1.CreateOptions{}); err != nil {
 				t.Fatalf("create %s: %v", kind, err)
 			}
@@ -84,11 +94,6 @@ current-context: kubetest
 		}
 	}
 
-	team, err := kubetest.CreateNamespace(ctx, c.cs, "team-a-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ns := team.Name
 	annotated := func(p *corev1.Pod) {
 		p.Annotations = map[string]string{"piggysec.com/aws-secret-name": ns + "/app"}
 		p.Spec.Containers[0].Command = []string{"/app", "serve"}
