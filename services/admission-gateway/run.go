@@ -3,8 +3,10 @@ package main
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
+	"time"
 
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -51,6 +53,12 @@ func run(ctx context.Context, args []string, lookup flagenv.Lookup) error {
 	envOpts := cfg.EnvSource
 	envOpts.Logger = d.Log
 	mutator := mutate.New(cfg.Mutation, resolver, kubeenv.New(kube, envOpts))
+	if cfg.BrokerCAFile != "" {
+		d.Go(func(ctx context.Context) error {
+			watchBrokerCA(ctx, cfg.BrokerCAFile, cfg.TLSReloadInterval, cfg.Mutation.BrokerCABundle, mutator, d.Log)
+			return nil
+		})
+	}
 	hook, err := webhook.New(mutator, d.Log, d.Telemetry.MeterProvider.Meter("piggy/admission-gateway"))
 	if err != nil {
 		return d.Abort(err)
@@ -101,4 +109,28 @@ type unconfiguredResolver struct{}
 
 func (unconfiguredResolver) Resolve(context.Context, mutate.ImageLookup) (mutate.ImageConfig, error) {
 	return mutate.ImageConfig{}, fmt.Errorf("no image-resolver is configured")
+}
+
+// watchBrokerCA re-reads the broker CA bundle every interval until ctx
+// ends and hands a changed one to the mutator; a bundle that does not
+// read is logged and the last good one stays.
+func watchBrokerCA(ctx context.Context, path string, interval time.Duration, current string, m *mutate.Mutator, log *slog.Logger) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		pem, err := config.ReadBrokerCA(path)
+		switch {
+		case err != nil:
+			log.WarnContext(ctx, "broker CA reload failed; pods keep getting the current bundle", "error", err)
+		case pem != current:
+			m.SetBrokerCABundle(pem)
+			current = pem
+			log.InfoContext(ctx, "broker CA bundle reloaded", "file", path)
+		}
+	}
 }

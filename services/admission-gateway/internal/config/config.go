@@ -49,6 +49,9 @@ type Config struct {
 	ImageResolverAddress string
 	// Mutation holds the operator's mutation settings.
 	Mutation mutate.Config
+	// BrokerCAFile is re-read every TLSReloadInterval: a rotated bundle
+	// reaches the pods admitted after it (ReadBrokerCA).
+	BrokerCAFile string
 }
 
 // Load parses args and the environment (flag names upper-cased, "-" → "_").
@@ -58,7 +61,6 @@ func Load(args []string, lookup flagenv.Lookup, output io.Writer) (Config, error
 		c              Config
 		allowed        string
 		locked         string
-		brokerCAFile   string
 		onResolveFail  string
 		installUID     int64
 		tokenAudience  string
@@ -85,7 +87,7 @@ func Load(args []string, lookup flagenv.Lookup, output io.Writer) (Config, error
 	fs.StringVar(&c.ImageResolverAddress, "image-resolver-address", "", "host:port of the image-resolver (mTLS); empty denies pods whose containers need their image's command")
 	fs.DurationVar(&resolveTimeout, "image-resolver-timeout", 3*time.Second, "deadline of one image lookup; keep it well inside the webhook timeout")
 	fs.StringVar(&allowed, "allowed-piggy-addresses", "", "comma-separated broker URLs pods may use, compared by scheme, host, port and path (https://*.piggy.svc:8443 allows one leftmost DNS label); defaults to PIGGY_ADDRESS")
-	fs.StringVar(&brokerCAFile, "broker-ca-file", "", "PEM CA bundle piggy-env verifies the broker with (delivered to pods); empty uses the system roots")
+	fs.StringVar(&c.BrokerCAFile, "broker-ca-file", "", "PEM CA bundle piggy-env verifies the broker with (delivered to pods; re-read like the TLS files); empty uses the system roots")
 	fs.BoolVar(&skipVerify, "piggy-env-skip-verify-tls", false, "let piggy-env skip verification of the broker's certificate (operator decision; not for production)")
 	fs.StringVar(&tokenAudience, "token-audience", "piggy", "audience of the projected service-account token piggy-env presents to the broker")
 	fs.DurationVar(&tokenExpiry, "token-expiration", 10*time.Minute, "lifetime of the projected token (at least 10m)")
@@ -163,14 +165,12 @@ func Load(args []string, lookup flagenv.Lookup, output io.Writer) (Config, error
 			errs = append(errs, fmt.Errorf("--image-resolver-address %q: %w", c.ImageResolverAddress, err))
 		}
 	}
-	if brokerCAFile != "" {
-		pem, err := os.ReadFile(brokerCAFile)
+	if c.BrokerCAFile != "" {
+		pem, err := ReadBrokerCA(c.BrokerCAFile)
 		if err != nil {
-			errs = append(errs, fmt.Errorf("--broker-ca-file: %w", err))
-		} else if !strings.Contains(string(pem), "BEGIN CERTIFICATE") {
-			errs = append(errs, fmt.Errorf("--broker-ca-file %s holds no PEM certificate", brokerCAFile))
+			errs = append(errs, err)
 		}
-		m.BrokerCABundle = string(pem)
+		m.BrokerCABundle = pem
 	}
 	if err := errors.Join(errs...); err != nil {
 		return Config{}, &daemon.UsageError{Err: err}
@@ -187,4 +187,17 @@ func splitList(s string) []string {
 		}
 	}
 	return out
+}
+
+// ReadBrokerCA reads the --broker-ca-file bundle; it must hold a PEM
+// certificate.
+func ReadBrokerCA(path string) (string, error) {
+	pem, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("--broker-ca-file: %w", err)
+	}
+	if !strings.Contains(string(pem), "BEGIN CERTIFICATE") {
+		return "", fmt.Errorf("--broker-ca-file %s holds no PEM certificate", path)
+	}
+	return string(pem), nil
 }

@@ -11,7 +11,7 @@ import (
 // installContainer is the init container that copies piggy-env (and the
 // broker CA) into the launcher volume. It satisfies the "restricted" Pod
 // Security Standard unless the pod asks for privilege escalation.
-func installContainer(s podsettings.Settings, cfg Config, proxy bool) corev1.Container {
+func installContainer(s podsettings.Settings, cfg Config, caBundle string, proxy bool) corev1.Container {
 	image := s.EnvImage
 	if image == "" {
 		image = cfg.EnvImage
@@ -36,8 +36,8 @@ func installContainer(s podsettings.Settings, cfg Config, proxy bool) corev1.Con
 		},
 		TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,
 	}
-	if proxy && cfg.BrokerCABundle != "" {
-		c.Env = []corev1.EnvVar{{Name: "PIGGY_CA_BUNDLE", Value: cfg.BrokerCABundle}}
+	if proxy && caBundle != "" {
+		c.Env = []corev1.EnvVar{{Name: "PIGGY_CA_BUNDLE", Value: caBundle}}
 	}
 	return c
 }
@@ -48,6 +48,7 @@ type installKey struct {
 	image, pullPolicy                                string
 	cpuRequest, memoryRequest, cpuLimit, memoryLimit string
 	allowPrivilegeEscalation, proxy                  bool
+	caBundle                                         string
 }
 
 // installContainerJSON returns the encoded install container, encoding
@@ -60,11 +61,12 @@ func (m *Mutator) installContainerJSON(s podsettings.Settings, proxy bool) any {
 		cpuRequest: s.Resources.CPURequest.String(), memoryRequest: s.Resources.MemoryRequest.String(),
 		cpuLimit: s.Resources.CPULimit.String(), memoryLimit: s.Resources.MemoryLimit.String(),
 		allowPrivilegeEscalation: s.AllowPrivilegeEscalation, proxy: proxy,
+		caBundle: m.brokerCABundle(),
 	}
 	if v, ok := m.installContainers.Load(k); ok {
 		return v.(json.RawMessage)
 	}
-	c := installContainer(s, m.cfg, proxy)
+	c := installContainer(s, m.cfg, k.caBundle, proxy)
 	raw, err := json.Marshal(c)
 	if err != nil {
 		return c

@@ -55,7 +55,8 @@ type Config struct {
 	TokenAudience string
 	// TokenExpiration is the projected token's lifetime (minimum 10m).
 	TokenExpiration time.Duration
-	// BrokerCABundle is the PEM bundle piggy-env verifies the broker with;
+	// BrokerCABundle is the PEM bundle piggy-env verifies the broker with
+	// at start (SetBrokerCABundle replaces it);
 	// empty means the system roots.
 	BrokerCABundle string
 	// AllowedAddresses are the broker URLs pods may use, as
@@ -128,6 +129,7 @@ type Mutator struct {
 	// configuration: encoding them per review dominated the webhook's cost.
 	launcherVolume, tokenVolume json.RawMessage
 	installContainers           sync.Map // installKey → json.RawMessage
+	brokerCA                    atomic.Pointer[string]
 	installVariants             atomic.Int64
 
 	// The volumes as values, to compare a pod's volumes of those names
@@ -151,6 +153,7 @@ func New(cfg Config, resolver ImageConfigResolver, env EnvSource) *Mutator {
 		cfg.ResolveTimeout = 3 * time.Second
 	}
 	m := &Mutator{cfg: cfg, resolver: resolver, env: env, newUID: podidentity.NewUID}
+	m.SetBrokerCABundle(cfg.BrokerCABundle)
 	for _, a := range cfg.AllowedAddresses {
 		if p, err := brokeraddr.ParsePattern(a); err == nil {
 			m.allowed = append(m.allowed, p)
@@ -171,6 +174,13 @@ func New(cfg Config, resolver ImageConfigResolver, env EnvSource) *Mutator {
 	m.launcherVolume, m.tokenVolume = mustJSON(m.launcherVol), mustJSON(m.tokenVol)
 	return m
 }
+
+// SetBrokerCABundle replaces the PEM bundle pods get to verify the broker
+// with (the operator rotated the file); later reviews use it.
+func (m *Mutator) SetBrokerCABundle(pem string) { m.brokerCA.Store(&pem) }
+
+// brokerCABundle is the current bundle; empty: the system roots.
+func (m *Mutator) brokerCABundle() string { return *m.brokerCA.Load() }
 
 // mustJSON encodes the constant API values New builds; they always encode.
 func mustJSON(v any) json.RawMessage {
@@ -223,7 +233,8 @@ func (m *Mutator) Mutate(ctx context.Context, pod *corev1.Pod, namespace string)
 		return out
 	}
 
-	targets, err := m.findTargets(ctx, pod, namespace)
+	targets, unread, err := m.findTargets(ctx, pod, namespace)
+	out.Warnings = append(out.Warnings, unread...)
 	if err != nil {
 		out.Denied = err.Error()
 		return out
@@ -302,8 +313,9 @@ func hasLaunched(ts []*target) bool {
 }
 
 // findTargets lists the containers that already run piggy-env or reference
-// piggy: values, init containers first.
-func (m *Mutator) findTargets(ctx context.Context, pod *corev1.Pod, namespace string) ([]*target, error) {
+// piggy: values, init containers first, and warnings naming the Secrets
+// that were not searched (Secret reads are off in the namespace).
+func (m *Mutator) findTargets(ctx context.Context, pod *corev1.Pod, namespace string) ([]*target, []string, error) {
 	finder := newReferenceFinder(m.env, namespace)
 	var targets []*target
 	for _, group := range []struct {
@@ -321,14 +333,14 @@ func (m *Mutator) findTargets(ctx context.Context, pod *corev1.Pod, namespace st
 			}
 			ok, err := finder.references(ctx, c)
 			if err != nil {
-				return nil, fmt.Errorf("container %q: %w", c.Name, err)
+				return nil, finder.warnings, fmt.Errorf("container %q: %w", c.Name, err)
 			}
 			if ok {
 				targets = append(targets, &target{init: group.init, index: i, container: c})
 			}
 		}
 	}
-	return targets, nil
+	return targets, finder.warnings, nil
 }
 
 // checkAddress validates the broker address against the allowlist.
@@ -518,7 +530,7 @@ func (m *Mutator) launcherEnv(s podsettings.Settings, uid string) []corev1.EnvVa
 		set("PIGGY_ADDRESS", s.Address)
 		set("PIGGY_UID", uid)
 		set("PIGGY_TOKEN_FILE", TokenFile)
-		if m.cfg.BrokerCABundle != "" {
+		if m.brokerCABundle() != "" {
 			set("PIGGY_CA_FILE", CAFile)
 		}
 		set("PIGGY_SKIP_VERIFY_TLS", strconv.FormatBool(m.cfg.SkipVerifyTLS))

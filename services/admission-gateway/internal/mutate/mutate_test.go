@@ -52,6 +52,7 @@ func (f *fakeResolver) Resolve(_ context.Context, l ImageLookup) (ImageConfig, e
 type fakeEnv struct {
 	configMaps map[string]map[string]string
 	secrets    map[string]map[string]string
+	unread     map[string]bool // Secrets the source may not read
 }
 
 func (f fakeEnv) ConfigMap(_ context.Context, ns, name string) (map[string]string, error) {
@@ -62,6 +63,9 @@ func (f fakeEnv) ConfigMap(_ context.Context, ns, name string) (map[string]strin
 }
 
 func (f fakeEnv) Secret(_ context.Context, ns, name string) (map[string]string, error) {
+	if f.unread[ns+"/"+name] {
+		return nil, ErrNotRead
+	}
 	if d, ok := f.secrets[ns+"/"+name]; ok {
 		return d, nil
 	}
@@ -269,7 +273,7 @@ func TestUnknownFieldsSurvive(t *testing.T) {
 }
 
 func TestDecisions(t *testing.T) {
-	env := fakeEnv{configMaps: map[string]map[string]string{"team/plain": {"A": "x"}}}
+	env := fakeEnv{configMaps: map[string]map[string]string{"team/plain": {"A": "x"}}, unread: map[string]bool{"team/locked": true}}
 	tests := []struct {
 		name        string
 		cfg         Config
@@ -282,6 +286,12 @@ func TestDecisions(t *testing.T) {
 		{
 			name: "nothing references piggy",
 			pod:  `{"metadata": {"name": "web", ` + annotated + `}, "spec": {"containers": [{"name": "app", "image": "a", "env": [{"name": "A", "value": "plain"}]}]}}`,
+		},
+		{
+			name: "a Secret the gateway may not read is skipped with a warning",
+			pod: `{"metadata": {"name": "web", ` + annotated + `}, "spec": {"containers": [{"name": "app", "image": "a", "command": ["/a"], "env": [` +
+				`{"name": "A", "valueFrom": {"secretKeyRef": {"name": "locked", "key": "a"}}}, {"name": "B", "value": "plain"}]}]}}`,
+			wantWarning: `piggy: Secret team/locked was not searched for piggy: values (the cluster operator has not enabled Secret reads in this namespace)`,
 		},
 		{
 			name: "no piggy source configured",

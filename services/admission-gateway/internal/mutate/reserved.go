@@ -71,7 +71,7 @@ func (m *Mutator) checkReserved(pod *corev1.Pod, s podsettings.Settings) string 
 		if c.Name != InstallContainerName {
 			continue
 		}
-		if !sameInstallContainer(installContainer(s, m.cfg, proxy), c) {
+		if !sameInstallContainer(installContainer(s, m.cfg, m.brokerCABundle(), proxy), c) {
 			return fmt.Sprintf("piggy: init container %q is reserved for Piggy; rename your container", c.Name)
 		}
 		mutated = true
