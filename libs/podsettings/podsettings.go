@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"k8s.io/apimachinery/pkg/api/resource"
+
+	"github.com/piggysec/piggy/libs/podgrant"
 )
 
 // Prefix starts every Piggy annotation.
@@ -154,6 +156,20 @@ func (s *Settings) DefaultSecretName(namespace, serviceAccount string) string {
 	return s.SecretNamePrefix + namespace + "/" + serviceAccount + s.SecretNameSuffix
 }
 
+// GrantSource is the source the settings name for a pod of namespace and
+// serviceAccount, as the grant records it: the SSM path when set, else the
+// secret name, else the default secret name; the region as set (empty: the
+// broker's default).
+func (s *Settings) GrantSource(namespace, serviceAccount string) podgrant.Source {
+	switch {
+	case s.SSMParameterPath != "":
+		return podgrant.Source{Kind: podgrant.SSM, Name: s.SSMParameterPath, Region: s.Region}
+	case s.SecretName != "":
+		return podgrant.Source{Kind: podgrant.SecretsManager, Name: s.SecretName, Region: s.Region, Version: s.SecretVersion}
+	}
+	return podgrant.Source{Kind: podgrant.SecretsManager, Name: s.DefaultSecretName(namespace, serviceAccount), Region: s.Region, Version: s.SecretVersion}
+}
+
 // Result is the outcome of Read: settings, warnings for the user, and a
 // denial reason when the pod must be refused.
 type Result struct {
@@ -196,8 +212,8 @@ func Read(annotations map[string]string, defaults Defaults) Result {
 	}
 	s.AllowPrivilegeEscalation = r.boolean(PSPAllowPrivilegeEscalation, false, warnOnBad)
 	s.IgnoreNoEnv = r.boolean(IgnoreNoEnv, false, warnOnBad)
-	s.EnforceIntegrity = r.boolean(EnforceIntegrity, true, warnOnBad)
-	s.EnforceServiceAccount = r.boolean(EnforceServiceAccount, false, warnOnBad)
+	s.EnforceIntegrity = r.tightenOnly(EnforceIntegrity, true)
+	s.EnforceServiceAccount = r.tightenOnly(EnforceServiceAccount, false)
 	s.Debug = r.boolean(Debug, false, warnOnBad)
 	s.PullSecretName = r.str(ImagePullSecret, "")
 	s.PullSecretNamespace = r.str(ImagePullSecretNamespace, "")
@@ -266,6 +282,24 @@ func (r reader) boolean(name string, def bool, policy badPolicy) bool {
 		return def
 	}
 	return b
+}
+
+// tightenOnly reads a security setting a pod may turn on but never off
+// while the operator's default (or, without one, builtin) has it on: a
+// weakening value is ignored with a warning.
+func (r reader) tightenOnly(name string, builtin bool) bool {
+	operator := builtin
+	if v := strings.TrimSpace(r.defaults.Values[name]); v != "" {
+		if b, err := strconv.ParseBool(v); err == nil {
+			operator = b
+		}
+	}
+	got := r.boolean(name, operator, warnOnBad)
+	if operator && !got {
+		r.warn(name, "the cluster operator has it on; a pod may turn it on, never off; using true")
+		return true
+	}
+	return got
 }
 
 // defaultQuantities are the parsed defaults of the resource annotations.

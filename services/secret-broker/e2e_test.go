@@ -15,6 +15,8 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/wait"
 
 	"github.com/piggysec/piggy/libs/awslocal"
 	secretbrokerv1 "github.com/piggysec/piggy/libs/gen/piggy/secretbroker/v1"
@@ -50,8 +52,8 @@ func TestEndToEnd(t *testing.T) {
 	tokWeb := w.podToken(podWeb)
 
 	t.Run("token bound to the right pod succeeds over HTTPS", func(t *testing.T) {
-		got := w.getSecrets(t, tokWeb, ctrWeb, "db", "api_key", "nope", "PIGGY_UID")
-		want := answer{Status: http.StatusOK, Values: map[string]string{"db": dbA, "api_key": apiA}, MissingKeys: []string{"PIGGY_UID", "nope"}, SourceName: nsA + "/web"}
+		got := w.getSecrets(t, tokWeb, ctrWeb, "db", "api_key", "nope")
+		want := answer{Status: http.StatusOK, Values: map[string]string{"db": dbA, "api_key": apiA}, MissingKeys: []string{"nope"}, SourceName: nsA + "/web"}
 		if diff := cmp.Diff(want, got); diff != "" {
 			t.Errorf("answer (-want +got):\n%s", diff)
 		}
@@ -207,10 +209,60 @@ func TestEndToEnd(t *testing.T) {
 		}
 	})
 
+	t.Run("keys the container never referenced are refused without saying whether they exist", func(t *testing.T) {
+		pod, ctr := w.launchedPod(nsA, "db-only", "web", nil, "db")
+		tok := w.podToken(pod)
+		if got := w.getSecrets(t, tok, ctr, "db"); got.Status != http.StatusOK || got.Values["db"] != dbA {
+			t.Fatalf("referenced key: %+v", got)
+		}
+		// api_key exists in the secret, no-such-key does not, PIGGY_UID is
+		// reserved: the same refusal, naming only the key asked for.
+		for _, key := range []string{"api_key", "no-such-key", "PIGGY_ALLOWED_SA"} {
+			got := w.getSecrets(t, tok, ctr, "db", key)
+			want := fmt.Sprintf("container \"main\" of pod %s/db-only was not admitted with a piggy: reference to key %q; the keys a container may read are those it referenced when the pod was created", nsA, key)
+			if got.Status != http.StatusForbidden || got.Message != want || len(got.Values) != 0 || len(got.MissingKeys) != 0 {
+				t.Errorf("key %s: answer = %+v, want 403 %q", key, got, want)
+			}
+		}
+	})
+
+	t.Run("settings changed after admission are refused", func(t *testing.T) {
+		for _, tc := range []struct {
+			name              string
+			admitted          map[string]string
+			annotation, value string
+			statusBeforePatch int
+		}{
+			{"secret re-pointed", nil, "aws-secret-name", nsB + "/grant", http.StatusOK},
+			{"region re-pointed", nil, "aws-region", "us-east-2", http.StatusOK},
+			{"enforce-service-account turned off", map[string]string{"piggy-enforce-service-account": "true"}, "piggy-enforce-service-account", "false", http.StatusForbidden},
+		} {
+			pod, ctr := w.piggyPod(nsA, "patched-"+strings.ReplaceAll(tc.annotation, "-", ""), "web", tc.admitted)
+			tok := w.podToken(pod)
+			if got := w.getSecrets(t, tok, ctr, "db"); got.Status != tc.statusBeforePatch {
+				t.Fatalf("%s: before the patch: %+v", tc.name, got)
+			}
+			patch := fmt.Sprintf(`{"metadata":{"annotations":{"piggysec.com/%s":%q}}}`, tc.annotation, tc.value)
+			if _, err := w.cs.CoreV1().Pods(nsA).Patch(ctx, pod.Name, types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
+				t.Fatal(err)
+			}
+			var got answer
+			if err := wait.PollUntilContextTimeout(ctx, 50*time.Millisecond, 10*time.Second, true, func(context.Context) (bool, error) {
+				got = w.getSecrets(t, tok, ctr, "db")
+				return got.Status != tc.statusBeforePatch || got.Message != "" && strings.Contains(got.Message, "settings cannot change"), nil
+			}); err != nil {
+				t.Fatalf("%s: after the patch the broker still answers %+v (%v)", tc.name, got, err)
+			}
+			if got.Status != http.StatusForbidden || !strings.Contains(got.Message, "its settings differ from what was admitted") || len(got.Values) != 0 {
+				t.Errorf("%s: after the patch: %+v, want 403 settings differ from what was admitted", tc.name, got)
+			}
+		}
+	})
+
 	t.Run("SSM parameter path", func(t *testing.T) {
 		pod, ctr := w.piggyPod(nsA, "ssm", "web", map[string]string{"aws-ssm-parameter-path": "/" + nsA + "/app"})
-		got := w.getSecrets(t, w.podToken(pod), ctr, "db", "other")
-		if got.Status != http.StatusOK || got.Values["db"] != ssmValue || !slices.Equal(got.MissingKeys, []string{"other"}) {
+		got := w.getSecrets(t, w.podToken(pod), ctr, "db", "nope")
+		if got.Status != http.StatusOK || got.Values["db"] != ssmValue || !slices.Equal(got.MissingKeys, []string{"nope"}) {
 			t.Errorf("answer = %+v", got)
 		}
 	})
@@ -275,7 +327,7 @@ func TestEndToEnd(t *testing.T) {
 			t.Fatal(err)
 		}
 		if !e.GetAllowed() || e.GetSourceName() != nsA+"/web" || e.GetRegion() != awsRegion || e.GetVersion() != "AWSCURRENT" ||
-			e.GetSource() != secretbrokerv1.Source_SOURCE_SECRETS_MANAGER || !slices.Equal(e.GetKeys(), []string{"db"}) || e.GetServiceAccount() != "web" {
+			e.GetSource() != secretbrokerv1.Source_SOURCE_SECRETS_MANAGER || !slices.Equal(e.GetKeys(), []string{"api", "api_key", "db", "nope"}) || e.GetServiceAccount() != "web" {
 			t.Errorf("ExplainAccess = %v", e)
 		}
 		e, err = client.ExplainAccess(ctx, &secretbrokerv1.ExplainAccessRequest{Namespace: nsA, PodName: "intruder", ContainerName: "main"})

@@ -11,11 +11,9 @@ import (
 	"testing"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
 
 	"github.com/piggysec/piggy/libs/awslocal"
 	"github.com/piggysec/piggy/libs/kubetest"
-	"github.com/piggysec/piggy/libs/podidentity"
 )
 
 // TestRolloutOf500Pods is issue 4's second benchmark, as a test with
@@ -37,10 +35,7 @@ func TestRolloutOf500Pods(t *testing.T) {
 	callers := make([]caller, pods)
 	start := time.Now()
 	forEach(t, pods, 16, func(i int) error {
-		ctr := container{uid: podidentity.NewUID(), signature: podidentity.Signature([]string{"/app/server"})}
-		pod, err := kubetest.CreatePod(context.Background(), w.cs, ns, fmt.Sprintf("web-%03d", i), "web", func(p *corev1.Pod) {
-			p.Annotations = map[string]string{podidentity.AnnotationKey: podidentity.Identities{"main": {UID: ctr.uid, Signature: ctr.signature}}.Format()}
-		})
+		pod, ctr, err := w.createLaunchedPod(ns, fmt.Sprintf("web-%03d", i), "web", nil, "db")
 		if err != nil {
 			return err
 		}

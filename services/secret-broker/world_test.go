@@ -34,7 +34,9 @@ import (
 	"github.com/piggysec/piggy/libs/awslocal"
 	secretbrokerv1 "github.com/piggysec/piggy/libs/gen/piggy/secretbroker/v1"
 	"github.com/piggysec/piggy/libs/kubetest"
+	"github.com/piggysec/piggy/libs/podgrant"
 	"github.com/piggysec/piggy/libs/podidentity"
+	"github.com/piggysec/piggy/libs/podsettings"
 	"github.com/piggysec/piggy/libs/proctest"
 	"github.com/piggysec/piggy/libs/testca"
 	"github.com/piggysec/piggy/libs/tlsreload"
@@ -164,6 +166,8 @@ type world struct {
 	https *http.Client
 	// client is an mTLS identity for gRPC.
 	client *tlsreload.Source
+	// defaults are the pod settings defaults the broker runs with.
+	defaults podsettings.Defaults
 }
 
 // worldOptions change the broker's start.
@@ -292,6 +296,14 @@ current-context: c
 		"AWS_SHARED_CREDENTIALS_FILE=" + filepath.Join(w.dir, "no-aws-credentials"),
 		"AWS_ACCESS_KEY_ID=", "AWS_SECRET_ACCESS_KEY=", "AWS_SESSION_TOKEN=", "AWS_PROFILE=",
 	}, opts.env...)
+	w.defaults = podsettings.LoadDefaults(func(name string) string {
+		for _, kv := range env {
+			if k, v, _ := strings.Cut(kv, "="); k == name {
+				return v
+			}
+		}
+		return ""
+	}, nil)
 	w.proc = proctest.Start(t, bin, args, env)
 	w.addrs = w.proc.Addresses(t, "gateway", "grpc", "metrics")
 	t.Cleanup(func() {
@@ -356,22 +368,49 @@ type container struct {
 	signature string
 }
 
-// piggyPod creates a pod whose "main" container has a piggy identity, with
-// extra annotations (names without the prefix).
+// piggyPod creates a pod as the admission-gateway leaves it: its "main"
+// container starts through piggy-env with a PIGGY_UID and the grant of
+// its references (db, api, api_key, nope) under the settings of the extra
+// annotations (names without the prefix) and the broker's defaults.
 func (w *world) piggyPod(ns, name, sa string, annotations map[string]string) (*corev1.Pod, container) {
 	w.t.Helper()
-	ctr := container{uid: podidentity.NewUID(), signature: podidentity.Signature([]string{"/app/server", "--port=8080"})}
+	return w.launchedPod(ns, name, sa, annotations, "db", "api", "api_key", "nope")
+}
+
+// launchedPod is piggyPod with the keys the container references.
+func (w *world) launchedPod(ns, name, sa string, annotations map[string]string, keys ...string) (*corev1.Pod, container) {
+	w.t.Helper()
+	pod, ctr, err := w.createLaunchedPod(ns, name, sa, annotations, keys...)
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	return pod, ctr
+}
+
+// createLaunchedPod is launchedPod for goroutines: it returns errors.
+func (w *world) createLaunchedPod(ns, name, sa string, annotations map[string]string, keys ...string) (*corev1.Pod, container, error) {
+	command := []string{"/app/server", "--port=8080"}
+	ctr := container{uid: podidentity.NewUID(), signature: podidentity.Signature(command)}
 	pod, err := kubetest.CreatePod(context.Background(), w.cs, ns, name, sa, func(p *corev1.Pod) {
 		p.Annotations = map[string]string{podidentity.AnnotationKey: podidentity.Identities{"main": {UID: ctr.uid, Signature: ctr.signature}}.Format()}
 		for k, v := range annotations {
 			p.Annotations["piggysec.com/"+k] = v
 		}
-		p.Spec.Containers[0].Env = []corev1.EnvVar{{Name: "DB_PASSWORD", Value: "piggy:db"}}
+		account := sa
+		if account == "" {
+			account = "default"
+		}
+		s := podsettings.Read(p.Annotations, w.defaults).Settings
+		grant := podgrant.New(s.GrantSource(ns, account), s.EnforceIntegrity, s.EnforceServiceAccount, keys)
+		c := &p.Spec.Containers[0]
+		c.Command, c.Args = []string{"/piggy/piggy-env"}, append([]string{"--"}, command...)
+		c.Env = nil
+		for _, k := range keys {
+			c.Env = append(c.Env, corev1.EnvVar{Name: strings.ToUpper(k), Value: "piggy:" + k})
+		}
+		c.Env = append(c.Env, corev1.EnvVar{Name: "PIGGY_UID", Value: ctr.uid}, corev1.EnvVar{Name: podgrant.EnvName, Value: grant.Format()})
 	})
-	if err != nil {
-		w.t.Fatal(err)
-	}
-	return pod, ctr
+	return pod, ctr, err
 }
 
 // podToken is the projected token the kubelet would mount in the pod.

@@ -15,6 +15,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 
+	"github.com/piggysec/piggy/libs/podgrant"
 	"github.com/piggysec/piggy/libs/podidentity"
 	"github.com/piggysec/piggy/libs/podsettings"
 	"github.com/piggysec/piggy/services/admission-gateway/internal/brokeraddr"
@@ -200,6 +201,8 @@ type target struct {
 	launched bool
 	// commandLine is the original command line once known.
 	commandLine []string
+	// keys are the keys the container references.
+	keys []string
 	// warning is set when the policy admitted an unresolvable container.
 	skip bool
 }
@@ -273,9 +276,16 @@ func (m *Mutator) Mutate(ctx context.Context, pod *corev1.Pod, namespace string)
 			continue
 		}
 		out.Mutated = append(out.Mutated, t.container.Name)
+		grant := ""
+		if proxy {
+			grant = podgrant.New(s.GrantSource(namespace, sa), s.EnforceIntegrity, s.EnforceServiceAccount, t.keys).Format()
+		}
 		if t.launched {
 			if uid := envValue(t.container, "PIGGY_UID"); uid != "" {
 				ids[t.container.Name] = podidentity.Entry{UID: uid, Signature: podidentity.Signature(t.commandLine)}
+			}
+			if proxy {
+				setGrant(&p, t, grant)
 			}
 			continue
 		}
@@ -284,7 +294,7 @@ func (m *Mutator) Mutate(ctx context.Context, pod *corev1.Pod, namespace string)
 			entry.UID = m.newUID()
 			ids[t.container.Name] = entry
 		}
-		m.launch(&p, t, s, entry.UID)
+		m.launch(&p, t, s, entry.UID, grant)
 	}
 	if len(out.Mutated) == 0 {
 		return out
@@ -327,16 +337,16 @@ func (m *Mutator) findTargets(ctx context.Context, pod *corev1.Pod, namespace st
 			if group.init && c.Name == InstallContainerName {
 				continue
 			}
-			if isLaunched(c) {
-				targets = append(targets, &target{init: group.init, index: i, container: c, launched: true, commandLine: c.Args[1:]})
-				continue
-			}
-			ok, err := finder.references(ctx, c)
+			keys, err := finder.keys(ctx, c)
 			if err != nil {
 				return nil, finder.warnings, fmt.Errorf("container %q: %w", c.Name, err)
 			}
-			if ok {
-				targets = append(targets, &target{init: group.init, index: i, container: c})
+			if isLaunched(c) {
+				targets = append(targets, &target{init: group.init, index: i, container: c, launched: true, commandLine: c.Args[1:], keys: keys})
+				continue
+			}
+			if len(keys) > 0 {
+				targets = append(targets, &target{init: group.init, index: i, container: c, keys: keys})
 			}
 		}
 	}
@@ -497,13 +507,35 @@ func envValue(c *corev1.Container, name string) string {
 	return ""
 }
 
-// launch rewrites one container to start through piggy-env.
-func (m *Mutator) launch(p *patch, t *target, s podsettings.Settings, uid string) {
+// launch rewrites one container to start through piggy-env; grant is its
+// PIGGY_GRANT in proxy mode.
+func (m *Mutator) launch(p *patch, t *target, s podsettings.Settings, uid, grant string) {
 	base := containerPath(t.init, t.index)
 	p.add(base+"/command", []string{LauncherPath})
 	p.add(base+"/args", append([]string{"--"}, t.commandLine...))
 	appendAll(p, base+"/volumeMounts", len(t.container.VolumeMounts), launcherMounts(s))
-	appendAll(p, base+"/env", len(t.container.Env), m.launcherEnv(s, uid))
+	env := m.launcherEnv(s, uid)
+	if grant != "" {
+		env = append(env, corev1.EnvVar{Name: podgrant.EnvName, Value: grant})
+	}
+	appendAll(p, base+"/env", len(t.container.Env), env)
+}
+
+// setGrant gives a container Piggy launched earlier (re-invocation, or a
+// mutated pod created again) the grant of this admission: the keys it
+// references and the settings in force now, whatever the copy carried.
+func setGrant(p *patch, t *target, grant string) {
+	base := containerPath(t.init, t.index) + "/env"
+	for i := len(t.container.Env) - 1; i >= 0; i-- {
+		if t.container.Env[i].Name != podgrant.EnvName {
+			continue
+		}
+		if t.container.Env[i].Value != grant || t.container.Env[i].ValueFrom != nil {
+			p.replace(base+"/"+strconv.Itoa(i), corev1.EnvVar{Name: podgrant.EnvName, Value: grant})
+		}
+		return
+	}
+	appendAll(p, base, len(t.container.Env), []corev1.EnvVar{{Name: podgrant.EnvName, Value: grant}})
 }
 
 // launcherEnv is the PIGGY_* environment of a launched container. Settings

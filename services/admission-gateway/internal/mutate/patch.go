@@ -24,6 +24,10 @@ func (p *patch) add(path string, value any) {
 	p.ops = append(p.ops, Op{Op: "add", Path: path, Value: value})
 }
 
+func (p *patch) replace(path string, value any) {
+	p.ops = append(p.ops, Op{Op: "replace", Path: path, Value: value})
+}
+
 // appendAll adds values to the array at path: the whole array when the
 // object has none (or an empty one), element by element otherwise.
 func appendAll[T any](p *patch, path string, existing int, values []T) {

@@ -4,13 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 
 	corev1 "k8s.io/api/core/v1"
-)
 
-// ReferencePrefix starts every value piggy-env replaces.
-const ReferencePrefix = "piggy:"
+	"github.com/piggysec/piggy/libs/podgrant"
+)
 
 // ErrNotFound is returned by an EnvSource for a missing ConfigMap or Secret.
 var ErrNotFound = errors.New("not found")
@@ -32,7 +30,8 @@ type EnvSource interface {
 
 // IsReference reports whether v is a "piggy:KEY" value.
 func IsReference(v string) bool {
-	return strings.HasPrefix(v, ReferencePrefix) && len(v) > len(ReferencePrefix)
+	_, ok := podgrant.Reference("", v)
+	return ok
 }
 
 // referenceFinder looks for piggy: values, reading each ConfigMap and
@@ -50,64 +49,58 @@ func newReferenceFinder(src EnvSource, namespace string) *referenceFinder {
 	return &referenceFinder{src: src, namespace: namespace, configMaps: map[string]map[string]string{}, secrets: map[string]map[string]string{}}
 }
 
-// references reports whether c references a piggy: value. Missing
-// ConfigMaps/Secrets follow Kubernetes: ignored when optional; otherwise an
-// error, since the pod cannot start until they exist and Piggy cannot tell
-// what they hold.
-func (f *referenceFinder) references(ctx context.Context, c *corev1.Container) (bool, error) {
-	for _, e := range c.Env {
-		if IsReference(e.Value) {
-			return true, nil
+// keys returns the keys c references (see podgrant.Reference): in literal
+// env values, in the ConfigMap and Secret entries its env takes with
+// valueFrom, and in those it takes whole with envFrom. Missing
+// ConfigMaps/Secrets follow Kubernetes: ignored when optional; otherwise
+// an error, since the pod cannot start until they exist and Piggy cannot
+// tell what they hold.
+func (f *referenceFinder) keys(ctx context.Context, c *corev1.Container) ([]string, error) {
+	var keys []string
+	add := func(name, value string) {
+		if k, ok := podgrant.Reference(name, value); ok {
+			keys = append(keys, k)
 		}
 	}
 	for _, e := range c.Env {
+		add(e.Name, e.Value)
 		if e.ValueFrom == nil {
 			continue
 		}
 		if ref := e.ValueFrom.ConfigMapKeyRef; ref != nil {
 			data, err := f.configMap(ctx, ref.Name, ref.Optional)
 			if err != nil {
-				return false, fmt.Errorf("env %s: %w", e.Name, err)
+				return nil, fmt.Errorf("env %s: %w", e.Name, err)
 			}
-			if IsReference(data[ref.Key]) {
-				return true, nil
-			}
+			add(e.Name, data[ref.Key])
 		}
 		if ref := e.ValueFrom.SecretKeyRef; ref != nil {
 			data, err := f.secret(ctx, ref.Name, ref.Optional)
 			if err != nil {
-				return false, fmt.Errorf("env %s: %w", e.Name, err)
+				return nil, fmt.Errorf("env %s: %w", e.Name, err)
 			}
-			if IsReference(data[ref.Key]) {
-				return true, nil
-			}
+			add(e.Name, data[ref.Key])
 		}
 	}
 	for _, from := range c.EnvFrom {
-		if ref := from.ConfigMapRef; ref != nil {
-			data, err := f.configMap(ctx, ref.Name, ref.Optional)
-			if err != nil {
-				return false, fmt.Errorf("envFrom: %w", err)
-			}
-			for _, v := range data {
-				if IsReference(v) {
-					return true, nil
-				}
-			}
+		var (
+			data map[string]string
+			err  error
+		)
+		switch {
+		case from.ConfigMapRef != nil:
+			data, err = f.configMap(ctx, from.ConfigMapRef.Name, from.ConfigMapRef.Optional)
+		case from.SecretRef != nil:
+			data, err = f.secret(ctx, from.SecretRef.Name, from.SecretRef.Optional)
 		}
-		if ref := from.SecretRef; ref != nil {
-			data, err := f.secret(ctx, ref.Name, ref.Optional)
-			if err != nil {
-				return false, fmt.Errorf("envFrom: %w", err)
-			}
-			for _, v := range data {
-				if IsReference(v) {
-					return true, nil
-				}
-			}
+		if err != nil {
+			return nil, fmt.Errorf("envFrom: %w", err)
+		}
+		for k, v := range data {
+			add(from.Prefix+k, v)
 		}
 	}
-	return false, nil
+	return keys, nil
 }
 
 func (f *referenceFinder) configMap(ctx context.Context, name string, optional *bool) (map[string]string, error) {

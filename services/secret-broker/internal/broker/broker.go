@@ -8,6 +8,7 @@ package broker
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"time"
 
@@ -164,6 +165,9 @@ func (b *Broker) GetSecrets(ctx context.Context, req Request) (resp Response, er
 	if c.id.PodName == "" { // unbound token: the pod was found by container UID
 		c.id.PodName, c.id.PodUID = pc.Pod.Name, string(pc.Pod.UID)
 	}
+	if err := granted(req.Keys, pc); err != nil {
+		return Response{}, err
+	}
 	src, err := b.source(pc.Settings, id)
 	if err != nil {
 		return Response{}, err
@@ -241,6 +245,23 @@ func (b *Broker) source(s podsettings.Settings, id authn.Identity) (awssecrets.S
 		return src, fault.New(fault.InvalidArgument, "invalid_region", "%q is not an AWS region", src.Region)
 	}
 	return src, nil
+}
+
+// granted refuses a key the container was not admitted to read (its
+// grant lists the keys it referenced at admission). The refusal names the
+// key asked for and never says whether the secret holds it.
+func granted(keys []string, pc podcheck.Result) error {
+	for _, k := range keys {
+		if !pc.Grant.Allows(k) {
+			who := fmt.Sprintf("container %q of pod %s/%s", pc.ContainerName, pc.Pod.Namespace, pc.Pod.Name)
+			if pc.ContainerName == "" {
+				who = fmt.Sprintf("pod %s/%s", pc.Pod.Namespace, pc.Pod.Name)
+			}
+			return fault.New(fault.PermissionDenied, "key_not_granted",
+				"%s was not admitted with a piggy: reference to key %q; the keys a container may read are those it referenced when the pod was created", who, k)
+		}
+	}
+	return nil
 }
 
 func validateKeys(keys []string) error {

@@ -16,6 +16,7 @@ import (
 
 	"github.com/piggysec/piggy/libs/logging"
 	"github.com/piggysec/piggy/libs/podidentity"
+	"github.com/piggysec/piggy/libs/podgrant"
 	"github.com/piggysec/piggy/libs/podsettings"
 	"github.com/piggysec/piggy/services/secret-broker/internal/authn"
 	"github.com/piggysec/piggy/services/secret-broker/internal/awssecrets"
@@ -44,6 +45,9 @@ func (fakeAuth) Authenticate(_ context.Context, token string) (authn.Identity, c
 }
 func (fakeAuth) Stats() cache.Stats { return cache.Stats{} }
 
+// grantedKeys are the keys fakeChecker's containers were admitted with.
+var grantedKeys = []string{"db", "port", "missing", "PIGGY_UID"}
+
 // fakeChecker returns the settings of pods by name from their annotations.
 type fakeChecker struct {
 	annotations map[string]map[string]string
@@ -55,7 +59,9 @@ func (f fakeChecker) Check(_ context.Context, id authn.Identity, ctr podcheck.Co
 		return podcheck.Result{}, fault.New(fault.PermissionDenied, "container_uid_mismatch", "bad uid")
 	}
 	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: id.Namespace, Name: id.PodName}}
-	return podcheck.Result{Pod: pod, ContainerName: "app", Settings: podsettings.Read(f.annotations[id.PodName], f.defaults).Settings}, nil
+	s := podsettings.Read(f.annotations[id.PodName], f.defaults).Settings
+	grant := podgrant.New(s.GrantSource(id.Namespace, id.ServiceAccount), s.EnforceIntegrity, s.EnforceServiceAccount, grantedKeys)
+	return podcheck.Result{Pod: pod, ContainerName: "app", Settings: s, Grant: grant}, nil
 }
 
 // fakeFetcher serves secrets by source key and counts reads.
@@ -246,6 +252,7 @@ func TestGetSecrets(t *testing.T) {
 		{name: "bad token", req: req("nope", "db"), wantKind: fault.Unauthenticated, wantReason: "token_invalid"},
 		{name: "no keys", req: req("pod:team-a:web:web-1"), wantKind: fault.InvalidArgument, wantReason: "invalid_request"},
 		{name: "empty key", req: req("pod:team-a:web:web-1", ""), wantKind: fault.InvalidArgument, wantReason: "invalid_request"},
+		{name: "key the container was not admitted with", req: req("pod:team-a:web:web-1", "db", "api"), wantKind: fault.PermissionDenied, wantReason: "key_not_granted"},
 		{name: "wrong container", req: Request{Token: "pod:team-a:web:web-1", ContainerUID: "bad", Keys: []string{"db"}}, wantKind: fault.PermissionDenied, wantReason: "container_uid_mismatch"},
 		{
 			name: "bad region annotation",

@@ -1,22 +1,28 @@
 // Package podcheck ties an authenticated token to a running pod and one of
 // its containers: the pod must be the one the token is bound to (same UID,
 // same service account), and the caller's container UID and command
-// signature must match the pod's piggy-uid annotation (written by the
-// admission-gateway) when integrity is enforced, which it is by default.
-// Empty or missing values never match.
+// signature must match a container Piggy launched (its PIGGY_UID and the
+// command line after "--", from the pod spec, which never changes on a
+// running pod) when integrity is enforced, which it is by default. Empty
+// or missing values never match.
 //
-// The pod's piggy settings (secret name, SSM path, region, version,
-// enforce flags) come from its annotations and the operator's defaults
-// through podsettings, exactly as the admission-gateway reads them.
+// What the container may read is its PIGGY_GRANT, written by the
+// admission-gateway (libs/podgrant). The pod's piggy settings (secret
+// name, SSM path, region, version, enforce flags) are read again from its
+// annotations and the operator's defaults through podsettings, exactly as
+// the admission-gateway reads them, and must still be those of the grant:
+// a pod whose annotations were changed after admission is refused.
 package podcheck
 
 import (
 	"context"
+	"crypto/subtle"
 	"fmt"
 	"sync"
 
 	corev1 "k8s.io/api/core/v1"
 
+	"github.com/piggysec/piggy/libs/podgrant"
 	"github.com/piggysec/piggy/libs/podidentity"
 	"github.com/piggysec/piggy/libs/podsettings"
 	"github.com/piggysec/piggy/services/secret-broker/internal/authn"
@@ -54,6 +60,9 @@ type Result struct {
 	Settings podsettings.Settings
 	// Warnings about the pod's annotations (ignored or unparsable values).
 	Warnings []string
+	// Grant is what the container was admitted to read (without a
+	// container, what the pod's launched containers were).
+	Grant podgrant.Grant
 }
 
 // Checker verifies callers. Create it with New.
@@ -68,11 +77,56 @@ func New(pods PodSource, defaults podsettings.Defaults) *Checker {
 	return &Checker{pods: pods, defaults: defaults, parsed: parsedCache{m: map[podVersion]*parsedPod{}}}
 }
 
-// parsedPod is what Check reads from a pod's annotations.
+// parsedPod is what Check reads from a pod: its settings (annotations and
+// defaults) and the containers Piggy launched, from the spec.
 type parsedPod struct {
 	settings podsettings.Result
-	ids      podidentity.Identities
-	idsErr   error
+	launched []launched
+}
+
+// launched is a container that starts through piggy-env in proxy mode,
+// as its spec (which never changes on a running pod) says.
+type launched struct {
+	name string
+	// uid is its PIGGY_UID, signature that of its command line.
+	uid, signature string
+	// grant is its PIGGY_GRANT; grantErr says why there is none.
+	grant    podgrant.Grant
+	grantErr error
+}
+
+// launchedContainers lists the containers of pod with a PIGGY_UID.
+func launchedContainers(pod *corev1.Pod) []launched {
+	var out []launched
+	for _, group := range [][]corev1.Container{pod.Spec.InitContainers, pod.Spec.Containers} {
+		for i := range group {
+			c := &group[i]
+			uid, ok := lastEnv(c, "PIGGY_UID")
+			if !ok || uid == "" || len(c.Args) == 0 || c.Args[0] != "--" {
+				continue
+			}
+			l := launched{name: c.Name, uid: uid, signature: podidentity.Signature(c.Args[1:])}
+			if raw, ok := lastEnv(c, podgrant.EnvName); !ok {
+				l.grantErr = fmt.Errorf("container %q of pod %s/%s has no %s: it was admitted by an admission-gateway older than this broker; recreate the pod", c.Name, pod.Namespace, pod.Name, podgrant.EnvName)
+			} else if l.grant, l.grantErr = podgrant.Parse(raw); l.grantErr != nil {
+				l.grantErr = fmt.Errorf("container %q of pod %s/%s: %w", c.Name, pod.Namespace, pod.Name, l.grantErr)
+			}
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+// lastEnv is the plain value of the definition of name that takes effect
+// (the last); a definition from valueFrom counts as none, since what it
+// refers to can change.
+func lastEnv(c *corev1.Container, name string) (string, bool) {
+	for i := len(c.Env) - 1; i >= 0; i-- {
+		if c.Env[i].Name == name {
+			return c.Env[i].Value, c.Env[i].ValueFrom == nil
+		}
+	}
+	return "", false
 }
 
 // podVersion names one version of one pod: the API server gives every
@@ -104,8 +158,7 @@ func (c *Checker) parse(pod *corev1.Pod) *parsedPod {
 			return p
 		}
 	}
-	p := &parsedPod{settings: podsettings.Read(pod.Annotations, c.defaults)}
-	p.ids, p.idsErr = podidentity.Parse(pod.Annotations[podidentity.AnnotationKey])
+	p := &parsedPod{settings: podsettings.Read(pod.Annotations, c.defaults), launched: launchedContainers(pod)}
 	if cacheable {
 		c.parsed.mu.Lock()
 		if len(c.parsed.m) >= maxParsedPods {
@@ -134,46 +187,92 @@ func (c *Checker) Check(ctx context.Context, id authn.Identity, ctr Container) (
 	parsed := c.parse(pod)
 	read := parsed.settings
 	res := Result{Pod: pod, Settings: read.Settings, Warnings: read.Warnings}
-	if err := checkContainer(pod, parsed, read.Settings.EnforceIntegrity, ctr, &res); err != nil {
+	l, err := checkContainer(pod, parsed, read.Settings.EnforceIntegrity, ctr)
+	if err != nil {
 		return Result{}, err
 	}
 	if read.Denied != "" {
 		return Result{}, fault.New(fault.InvalidArgument, "pod_settings", "pod %s/%s: %s", pod.Namespace, pod.Name, read.Denied)
 	}
+	if res.Grant, err = admitted(pod, parsed, l); err != nil {
+		return Result{}, err
+	}
+	if l != nil {
+		res.ContainerName = l.name
+	}
+	now := podgrant.New(read.Settings.GrantSource(pod.Namespace, sa), read.Settings.EnforceIntegrity, read.Settings.EnforceServiceAccount, nil)
+	if diff := res.Grant.SameSettings(now); diff != "" {
+		return Result{}, fault.New(fault.PermissionDenied, "pod_settings_changed",
+			"pod %s/%s: its settings differ from what was admitted (admitted %s now); settings cannot change after admission, recreate the pod", pod.Namespace, pod.Name, diff)
+	}
 	return res, nil
 }
 
-// checkContainer matches the container identity against the pod's
-// piggy-uid annotation and sets res.ContainerName.
-func checkContainer(pod *corev1.Pod, parsed *parsedPod, enforce bool, ctr Container, res *Result) error {
-	ids, err := parsed.ids, parsed.idsErr
-	if err != nil {
-		if enforce {
-			return fault.Wrap(err, fault.PermissionDenied, "identity_unreadable",
-				"pod %s/%s has an unreadable %s annotation", pod.Namespace, pod.Name, podidentity.AnnotationKey)
+// checkContainer finds the launched container whose PIGGY_UID the request
+// carries and checks the command signature; nil when integrity is not
+// enforced and the UID matched nothing. Both comparisons run in constant
+// time over every container, and empty values never match.
+func checkContainer(pod *corev1.Pod, parsed *parsedPod, enforce bool, ctr Container) (*launched, error) {
+	var match *launched
+	sigOK := false
+	if ctr.UID != "" {
+		for i := range parsed.launched {
+			l := &parsed.launched[i]
+			if subtle.ConstantTimeCompare([]byte(l.uid), []byte(ctr.UID)) == 1 {
+				match = l
+				sigOK = ctr.Signature != "" && subtle.ConstantTimeCompare([]byte(l.signature), []byte(ctr.Signature)) == 1
+			}
 		}
-		ids = podidentity.Identities{}
-	}
-	name, uidOK, sigOK := ids.Match(ctr.UID, ctr.Signature)
-	if uidOK {
-		res.ContainerName = name
 	}
 	if !enforce {
-		return nil
+		return match, nil
 	}
 	switch {
 	case ctr.UID == "":
-		return fault.New(fault.PermissionDenied, "container_uid_mismatch", "the request has no container UID (PIGGY_UID)")
-	case !uidOK:
-		return fault.New(fault.PermissionDenied, "container_uid_mismatch",
-			"the container UID matches no container of pod %s/%s (%s annotation)", pod.Namespace, pod.Name, podidentity.AnnotationKey)
+		return nil, fault.New(fault.PermissionDenied, "container_uid_mismatch", "the request has no container UID (PIGGY_UID)")
+	case match == nil:
+		return nil, fault.New(fault.PermissionDenied, "container_uid_mismatch",
+			"the container UID matches no container of pod %s/%s that Piggy launched", pod.Namespace, pod.Name)
 	case ctr.Signature == "":
-		return fault.New(fault.PermissionDenied, "signature_mismatch", "the request has no command signature")
+		return nil, fault.New(fault.PermissionDenied, "signature_mismatch", "the request has no command signature")
 	case !sigOK:
-		return fault.New(fault.PermissionDenied, "signature_mismatch",
-			"the command signature does not match container %q of pod %s/%s", name, pod.Namespace, pod.Name)
+		return nil, fault.New(fault.PermissionDenied, "signature_mismatch",
+			"the command signature does not match container %q of pod %s/%s", match.name, pod.Namespace, pod.Name)
 	}
-	return nil
+	return match, nil
+}
+
+// admitted is the grant of container l or, without one, the union of the
+// grants of the pod's launched containers, which must agree on the
+// settings.
+func admitted(pod *corev1.Pod, parsed *parsedPod, l *launched) (podgrant.Grant, error) {
+	refuse := func(err error) (podgrant.Grant, error) {
+		return podgrant.Grant{}, fault.Wrap(err, fault.PermissionDenied, "grant_missing", "%s", err.Error())
+	}
+	if l != nil {
+		if l.grantErr != nil {
+			return refuse(l.grantErr)
+		}
+		return l.grant, nil
+	}
+	if len(parsed.launched) == 0 {
+		return refuse(fmt.Errorf("pod %s/%s has no container that Piggy launched", pod.Namespace, pod.Name))
+	}
+	var g podgrant.Grant
+	for i, c := range parsed.launched {
+		if c.grantErr != nil {
+			return refuse(c.grantErr)
+		}
+		if i == 0 {
+			g = c.grant
+			continue
+		}
+		if diff := g.SameSettings(c.grant); diff != "" {
+			return refuse(fmt.Errorf("the containers of pod %s/%s were admitted with different settings (%s)", pod.Namespace, pod.Name, diff))
+		}
+		g = g.Union(c.grant)
+	}
+	return g, nil
 }
 
 // findPod returns the pod the token is bound to or, for unbound tokens

@@ -2,12 +2,14 @@ package podcheck
 
 import (
 	"context"
+	"slices"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 
+	"github.com/piggysec/piggy/libs/podgrant"
 	"github.com/piggysec/piggy/libs/podidentity"
 	"github.com/piggysec/piggy/libs/podsettings"
 	"github.com/piggysec/piggy/services/secret-broker/internal/authn"
@@ -44,10 +46,36 @@ const (
 
 var sigApp = podidentity.Signature([]string{"/app", "serve"})
 
+// pod is a pod as the admission-gateway leaves it with defaults: its
+// containers "app" (command /app serve) and "job" (no command) start
+// through piggy-env with their PIGGY_UID and a grant of the settings the
+// annotations name.
 func pod(name, uid, sa string, annotations map[string]string) *corev1.Pod {
+	return podWith(podsettings.Defaults{}, name, uid, sa, annotations)
+}
+
+// podWith is pod admitted with defaults.
+func podWith(defaults podsettings.Defaults, name, uid, sa string, annotations map[string]string) *corev1.Pod {
+	p := plainPod(name, uid, sa, annotations)
+	s := podsettings.Read(annotations, defaults).Settings
+	account := sa
+	if account == "" {
+		account = "default"
+	}
+	grant := podgrant.New(s.GrantSource("team-a", account), s.EnforceIntegrity, s.EnforceServiceAccount, []string{"db"}).Format()
+	launched := func(name, uid string, args ...string) corev1.Container {
+		return corev1.Container{Name: name, Command: []string{"/piggy/piggy-env"}, Args: append([]string{"--"}, args...),
+			Env: []corev1.EnvVar{{Name: "DB", Value: "piggy:db"}, {Name: "PIGGY_UID", Value: uid}, {Name: podgrant.EnvName, Value: grant}}}
+	}
+	p.Spec.Containers = []corev1.Container{launched("app", uidApp, "/app", "serve"), launched("job", uidJob)}
+	return p
+}
+
+// plainPod is a pod without containers Piggy launched.
+func plainPod(name, uid, sa string, annotations map[string]string) *corev1.Pod {
 	return &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Namespace: "team-a", Name: name, UID: types.UID(uid), Annotations: annotations},
-		Spec:       corev1.PodSpec{ServiceAccountName: sa},
+		Spec:       corev1.PodSpec{ServiceAccountName: sa, Containers: []corev1.Container{{Name: "app", Command: []string{"/app", "serve"}}}},
 	}
 }
 
@@ -58,6 +86,27 @@ func identities() map[string]string {
 	}.Format()}
 }
 
+// withGrant sets the PIGGY_GRANT of every container ("": none).
+func withGrant(p *corev1.Pod, grant string) *corev1.Pod {
+	for i := range p.Spec.Containers {
+		c := &p.Spec.Containers[i]
+		c.Env = slices.DeleteFunc(c.Env, func(e corev1.EnvVar) bool { return e.Name == podgrant.EnvName })
+		if grant != "" {
+			c.Env = append(c.Env, corev1.EnvVar{Name: podgrant.EnvName, Value: grant})
+		}
+	}
+	return p
+}
+
+// changed sets an annotation after admission.
+func changed(p *corev1.Pod, name, value string) *corev1.Pod {
+	if p.Annotations == nil {
+		p.Annotations = map[string]string{}
+	}
+	p.Annotations[podsettings.Prefix+name] = value
+	return p
+}
+
 func with(m map[string]string, kv ...string) map[string]string {
 	for i := 0; i < len(kv); i += 2 {
 		m[kv[i]] = kv[i+1]
@@ -66,6 +115,7 @@ func with(m map[string]string, kv ...string) map[string]string {
 }
 
 func TestCheck(t *testing.T) {
+	integrityOff := podsettings.LoadDefaults(func(k string) string { return map[string]string{"PIGGY_ENFORCE_INTEGRITY": "false"}[k] }, nil)
 	bound := authn.Identity{Namespace: "team-a", ServiceAccount: "web", PodName: "web-1", PodUID: "pod-uid-1"}
 	tests := []struct {
 		name       string
@@ -86,11 +136,25 @@ func TestCheck(t *testing.T) {
 		{name: "wrong signature", pods: fakePods{pod("web-1", "pod-uid-1", "web", identities())}, id: bound, ctr: Container{uidApp, podidentity.Signature([]string{"/bin/sh"})}, wantReason: "signature_mismatch"},
 		{name: "empty signature", pods: fakePods{pod("web-1", "pod-uid-1", "web", identities())}, id: bound, ctr: Container{uidApp, ""}, wantReason: "signature_mismatch"},
 		{name: "empty signature on both sides", pods: fakePods{pod("web-1", "pod-uid-1", "web", identities())}, id: bound, ctr: Container{uidJob, ""}, wantReason: "signature_mismatch"},
-		{name: "no annotation", pods: fakePods{pod("web-1", "pod-uid-1", "web", nil)}, id: bound, ctr: Container{uidApp, sigApp}, wantReason: "container_uid_mismatch"},
-		{name: "unreadable annotation", pods: fakePods{pod("web-1", "pod-uid-1", "web", map[string]string{podidentity.AnnotationKey: "{"})}, id: bound, ctr: Container{uidApp, sigApp}, wantReason: "identity_unreadable"},
+		{name: "no container Piggy launched", pods: fakePods{plainPod("web-1", "pod-uid-1", "web", identities())}, id: bound, ctr: Container{uidApp, sigApp}, wantReason: "container_uid_mismatch"},
+		{name: "annotation changed: the spec decides", pods: fakePods{pod("web-1", "pod-uid-1", "web", map[string]string{podidentity.AnnotationKey: "{"})}, id: bound, ctr: Container{uidApp, sigApp}, wantName: "app"},
+		{name: "unreadable grant", pods: fakePods{withGrant(pod("web-1", "pod-uid-1", "web", nil), "{")}, id: bound, ctr: Container{uidApp, sigApp}, wantReason: "grant_missing"},
+		{name: "no grant (admitted by an older gateway)", pods: fakePods{withGrant(pod("web-1", "pod-uid-1", "web", nil), "")}, id: bound, ctr: Container{uidApp, sigApp}, wantReason: "grant_missing"},
 		{
-			name: "integrity off by annotation", pods: fakePods{pod("web-1", "pod-uid-1", "web", with(identities(), podsettings.Prefix+podsettings.EnforceIntegrity, "false"))},
-			id: bound, ctr: Container{uidApp, "whatever"}, wantName: "app",
+			name: "secret name changed after admission", pods: fakePods{changed(pod("web-1", "pod-uid-1", "web", nil), podsettings.AWSSecretName, "team-b/db")},
+			id: bound, ctr: Container{uidApp, sigApp}, wantReason: "pod_settings_changed",
+		},
+		{
+			name: "enforce-service-account turned off after admission", pods: fakePods{changed(pod("web-1", "pod-uid-1", "web", with(identities(), podsettings.Prefix+podsettings.EnforceServiceAccount, "true")), podsettings.EnforceServiceAccount, "false")},
+			id: bound, ctr: Container{uidApp, sigApp}, wantReason: "pod_settings_changed",
+		},
+		{
+			name: "integrity off by annotation where the operator allows it", pods: fakePods{podWith(integrityOff, "web-1", "pod-uid-1", "web", with(identities(), podsettings.Prefix+podsettings.EnforceIntegrity, "false"))},
+			defaults: integrityOff, id: bound, ctr: Container{uidApp, "whatever"}, wantName: "app",
+		},
+		{
+			name: "integrity off by annotation stays on (tighten-only)", pods: fakePods{pod("web-1", "pod-uid-1", "web", with(identities(), podsettings.Prefix+podsettings.EnforceIntegrity, "false"))},
+			id: bound, ctr: Container{uidApp, "whatever"}, wantReason: "signature_mismatch",
 		},
 		{
 			name: "integrity locked on by the operator", pods: fakePods{pod("web-1", "pod-uid-1", "web", with(identities(), podsettings.Prefix+podsettings.EnforceIntegrity, "false"))},
@@ -141,7 +205,7 @@ func TestCheck(t *testing.T) {
 func TestSettingsFromAnnotationsAndDefaults(t *testing.T) {
 	env := map[string]string{"AWS_REGION": "eu-west-3", "PIGGY_ENFORCE_SERVICE_ACCOUNT": "true"}
 	defaults := podsettings.LoadDefaults(func(k string) string { return env[k] }, nil)
-	p := pod("web-1", "pod-uid-1", "web", with(identities(),
+	p := podWith(defaults, "web-1", "pod-uid-1", "web", with(identities(),
 		podsettings.Prefix+podsettings.AWSSecretName, "team-a/db",
 		podsettings.Prefix+podsettings.AWSSecretVersion, "AWSPREVIOUS"))
 	res, err := New(fakePods{p}, defaults).Check(t.Context(), authn.Identity{Namespace: "team-a", ServiceAccount: "web", PodName: "web-1", PodUID: "pod-uid-1"}, Container{uidApp, sigApp})
@@ -183,7 +247,8 @@ func TestANewVersionOfThePodIsReadAgain(t *testing.T) {
 	}
 	// The same pod, updated: the app container now runs another command.
 	other := podidentity.Signature([]string{"/app", "migrate"})
-	v2 := pod("web-1", "pod-uid-1", "web", map[string]string{podidentity.AnnotationKey: podidentity.Identities{"app": {UID: uidApp, Signature: other}}.Format()})
+	v2 := pod("web-1", "pod-uid-1", "web", identities())
+	v2.Spec.Containers[0].Args = []string{"--", "/app", "migrate"}
 	v2.ResourceVersion = "11"
 	pods[0] = v2
 	if _, err := c.Check(t.Context(), id, Container{uidApp, sigApp}); fault.As(err).Reason != "signature_mismatch" {

@@ -17,6 +17,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	toolscache "k8s.io/client-go/tools/cache"
 
+	"github.com/piggysec/piggy/libs/podgrant"
 	"github.com/piggysec/piggy/libs/podidentity"
 	"github.com/piggysec/piggy/libs/podsettings"
 	"github.com/piggysec/piggy/services/secret-broker/internal/fault"
@@ -200,8 +201,31 @@ func trimPod(obj any) (any, error) {
 			DeletionTimestamp: pod.DeletionTimestamp,
 			Annotations:       ann,
 		},
-		Spec: corev1.PodSpec{ServiceAccountName: pod.Spec.ServiceAccountName},
+		Spec: corev1.PodSpec{
+			ServiceAccountName: pod.Spec.ServiceAccountName,
+			InitContainers:     trimContainers(pod.Spec.InitContainers),
+			Containers:         trimContainers(pod.Spec.Containers),
+		},
 	}, nil
+}
+
+// trimContainers keeps what Check reads of launched containers: the name,
+// the args, and the PIGGY_UID and PIGGY_GRANT definitions in order.
+func trimContainers(cs []corev1.Container) []corev1.Container {
+	var out []corev1.Container
+	for _, c := range cs {
+		var env []corev1.EnvVar
+		for _, e := range c.Env {
+			if e.Name == "PIGGY_UID" || e.Name == podgrant.EnvName {
+				env = append(env, e)
+			}
+		}
+		if env == nil {
+			continue
+		}
+		out = append(out, corev1.Container{Name: c.Name, Args: c.Args, Env: env})
+	}
+	return out
 }
 
 func indexContainerUIDs(obj any) ([]string, error) {
