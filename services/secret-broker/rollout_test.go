@@ -11,7 +11,6 @@ import (
 	"testing"
 	"time"
 
-
 	"github.com/piggysec/piggy/libs/awslocal"
 	"github.com/piggysec/piggy/libs/kubetest"
 )

@@ -15,8 +15,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/piggysec/piggy/libs/logging"
-	"github.com/piggysec/piggy/libs/podidentity"
 	"github.com/piggysec/piggy/libs/podgrant"
+	"github.com/piggysec/piggy/libs/podidentity"
 	"github.com/piggysec/piggy/libs/podsettings"
 	"github.com/piggysec/piggy/services/secret-broker/internal/authn"
 	"github.com/piggysec/piggy/services/secret-broker/internal/awssecrets"
