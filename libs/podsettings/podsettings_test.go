@@ -99,3 +99,38 @@ func TestKey(t *testing.T) {
 		}
 	}
 }
+
+func TestSecuritySettingsAreTightenOnly(t *testing.T) {
+	off := LoadDefaults(func(k string) string {
+		return map[string]string{"PIGGY_ENFORCE_INTEGRITY": "false"}[k]
+	}, nil)
+	on := LoadDefaults(func(k string) string {
+		return map[string]string{"PIGGY_ENFORCE_SERVICE_ACCOUNT": "true"}[k]
+	}, nil)
+	tests := []struct {
+		name        string
+		defaults    Defaults
+		annotations map[string]string
+		integrity   bool
+		sa          bool
+		warned      bool
+	}{
+		{"built-in integrity on: a pod's false is ignored", Defaults{}, map[string]string{Prefix + EnforceIntegrity: "false"}, true, false, true},
+		{"operator turned integrity off: a pod may too", off, map[string]string{Prefix + EnforceIntegrity: "false"}, false, false, false},
+		{"operator turned integrity off: a pod may turn it on", off, map[string]string{Prefix + EnforceIntegrity: "true"}, true, false, false},
+		{"operator has service accounts on: a pod's false is ignored", on, map[string]string{Prefix + EnforceServiceAccount: "false"}, true, true, true},
+		{"service accounts off by default: a pod may turn it on", Defaults{}, map[string]string{Prefix + EnforceServiceAccount: "true"}, true, true, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			res := Read(tt.annotations, tt.defaults)
+			if res.Settings.EnforceIntegrity != tt.integrity || res.Settings.EnforceServiceAccount != tt.sa {
+				t.Errorf("integrity %t, service account %t; want %t, %t", res.Settings.EnforceIntegrity, res.Settings.EnforceServiceAccount, tt.integrity, tt.sa)
+			}
+			warned := strings.Contains(strings.Join(res.Warnings, "\n"), "never off")
+			if warned != tt.warned {
+				t.Errorf("warnings %q, want a tighten-only warning: %t", res.Warnings, tt.warned)
+			}
+		})
+	}
+}
