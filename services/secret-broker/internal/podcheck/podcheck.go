@@ -201,11 +201,22 @@ func (c *Checker) Check(ctx context.Context, id authn.Identity, ctr Container) (
 		res.ContainerName = l.name
 	}
 	now := podgrant.New(read.Settings.GrantSource(pod.Namespace, sa), read.Settings.EnforceIntegrity, read.Settings.EnforceServiceAccount, nil)
-	if diff := res.Grant.SameSettings(now); diff != "" {
+	if diff := c.withDefaultRegion(res.Grant).SameSettings(c.withDefaultRegion(now)); diff != "" {
 		return Result{}, fault.New(fault.PermissionDenied, "pod_settings_changed",
 			"pod %s/%s: its settings differ from what was admitted (admitted %s now); settings cannot change after admission, recreate the pod", pod.Namespace, pod.Name, diff)
 	}
 	return res, nil
+}
+
+// withDefaultRegion fills in the broker's default region where g names
+// none: the gateway may have admitted a pod with no region (the broker's
+// default) that the broker, whose AWS_REGION is also the default of
+// aws-region, reads as its own region.
+func (c *Checker) withDefaultRegion(g podgrant.Grant) podgrant.Grant {
+	if g.Source.Region == "" {
+		g.Source.Region = c.defaults.Values[podsettings.AWSRegion]
+	}
+	return g
 }
 
 // checkContainer finds the launched container whose PIGGY_UID the request

@@ -258,3 +258,19 @@ func TestANewVersionOfThePodIsReadAgain(t *testing.T) {
 		t.Errorf("new signature against version 11: %v", err)
 	}
 }
+
+// TestTheBrokersRegionIsTheDefault: a pod admitted without a region by a
+// gateway that has no default region is the broker's default region, and
+// one patched to another region afterwards is refused.
+func TestTheBrokersRegionIsTheDefault(t *testing.T) {
+	defaults := podsettings.LoadDefaults(func(k string) string { return map[string]string{"AWS_REGION": "us-east-1"}[k] }, nil)
+	id := authn.Identity{Namespace: "team-a", ServiceAccount: "web", PodName: "web-1", PodUID: "pod-uid-1"}
+	p := pod("web-1", "pod-uid-1", "web", identities())
+	if _, err := New(fakePods{p}, defaults).Check(t.Context(), id, Container{uidApp, sigApp}); err != nil {
+		t.Fatal(err)
+	}
+	changed(p, podsettings.AWSRegion, "eu-west-1")
+	if _, err := New(fakePods{p}, defaults).Check(t.Context(), id, Container{uidApp, sigApp}); fault.ReasonOf(err) != "pod_settings_changed" {
+		t.Errorf("region patched after admission: %v, want pod_settings_changed", err)
+	}
+}
