@@ -18,6 +18,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/piggysec/piggy/libs/logging"
+	"github.com/piggysec/piggy/libs/podgrant"
 	"github.com/piggysec/piggy/libs/podsettings"
 	"github.com/piggysec/piggy/services/secret-broker/internal/authn"
 	"github.com/piggysec/piggy/services/secret-broker/internal/awssecrets"
@@ -42,6 +43,9 @@ type Authenticator interface {
 // PodChecker verifies the caller's pod and container (podcheck.Checker).
 type PodChecker interface {
 	Check(ctx context.Context, id authn.Identity, ctr podcheck.Container) (podcheck.Result, error)
+	// Admitted is what a container of pod was admitted to read, for
+	// ExplainAccess.
+	Admitted(pod *corev1.Pod, container string) (podgrant.Grant, error)
 }
 
 // Fetcher reads a source from AWS (awssecrets.Fetcher).
@@ -168,7 +172,7 @@ func (b *Broker) GetSecrets(ctx context.Context, req Request) (resp Response, er
 	if err := granted(req.Keys, pc); err != nil {
 		return Response{}, err
 	}
-	src, err := b.source(pc.Settings, id)
+	src, err := b.source(pc.Grant.Source)
 	if err != nil {
 		return Response{}, err
 	}
@@ -223,17 +227,14 @@ func allowList(s *awssecrets.Secret) policy.AllowList {
 	return policy.ParseAllowList(v.Reveal())
 }
 
-// source works out where a pod's values come from.
-func (b *Broker) source(s podsettings.Settings, id authn.Identity) (awssecrets.Source, error) {
-	src := awssecrets.Source{Region: s.Region, Version: s.SecretVersion}
-	switch {
-	case s.SSMParameterPath != "":
-		src.SSMParameterPath = s.SSMParameterPath
-		src.Version = ""
-	case s.SecretName != "":
-		src.SecretName = s.SecretName
-	default:
-		src.SecretName = s.DefaultSecretName(id.Namespace, id.ServiceAccount)
+// source is where the admitted values come from: the grant's source, in
+// the broker's default region when it names none.
+func (b *Broker) source(g podgrant.Source) (awssecrets.Source, error) {
+	src := awssecrets.Source{Region: g.Region, Version: g.Version}
+	if g.Kind == podgrant.SSM {
+		src.SSMParameterPath = g.Name
+	} else {
+		src.SecretName = g.Name
 	}
 	if src.Region == "" {
 		src.Region = b.opts.DefaultRegion

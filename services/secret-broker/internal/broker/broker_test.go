@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -47,6 +48,24 @@ func (fakeAuth) Stats() cache.Stats { return cache.Stats{} }
 
 // grantedKeys are the keys fakeChecker's containers were admitted with.
 var grantedKeys = []string{"db", "port", "missing", "PIGGY_UID"}
+
+// Admitted grants a container the keys of its literal piggy: env values;
+// one without is not launched.
+func (f fakeChecker) Admitted(pod *corev1.Pod, container string) (podgrant.Grant, error) {
+	var keys []string
+	for _, c := range append(slices.Clone(pod.Spec.InitContainers), pod.Spec.Containers...) {
+		for _, e := range c.Env {
+			if k, ok := podgrant.Reference(e.Name, e.Value); ok && c.Name == container {
+				keys = append(keys, k)
+			}
+		}
+	}
+	if len(keys) == 0 {
+		return podgrant.Grant{}, fault.New(fault.PermissionDenied, "container_uid_mismatch", "not launched")
+	}
+	s := podsettings.Read(pod.Annotations, f.defaults).Settings
+	return podgrant.New(s.GrantSource(pod.Namespace, pod.Spec.ServiceAccountName), s.EnforceIntegrity, s.EnforceServiceAccount, keys), nil
+}
 
 // fakeChecker returns the settings of pods by name from their annotations.
 type fakeChecker struct {
@@ -483,8 +502,10 @@ func TestExplain(t *testing.T) {
 	}{
 		{name: "default secret", req: ExplainRequest{Namespace: "team-a", PodName: "default", ContainerName: "app"},
 			wantSource: awssecrets.Source{Region: "eu-west-3", SecretName: "team-a/web"}, wantAllowed: true, wantKeys: []string{"api", "db"}},
-		{name: "explicit keys", req: ExplainRequest{Namespace: "team-a", PodName: "default", ContainerName: "app", Keys: []string{"x"}},
-			wantSource: awssecrets.Source{Region: "eu-west-3", SecretName: "team-a/web"}, wantAllowed: true, wantKeys: []string{"x"}},
+		{name: "explicit keys", req: ExplainRequest{Namespace: "team-a", PodName: "default", ContainerName: "app", Keys: []string{"db"}},
+			wantSource: awssecrets.Source{Region: "eu-west-3", SecretName: "team-a/web"}, wantAllowed: true, wantKeys: []string{"db"}},
+		{name: "a key the container was not admitted with", req: ExplainRequest{Namespace: "team-a", PodName: "default", ContainerName: "app", Keys: []string{"x"}},
+			wantSource: awssecrets.Source{Region: "eu-west-3", SecretName: "team-a/web"}, wantAllowed: false, wantKeys: []string{"x"}},
 		{name: "other namespace's secret", req: ExplainRequest{Namespace: "team-a", PodName: "other", ContainerName: "app"},
 			wantSource: awssecrets.Source{Region: "us-east-1", SecretName: "team-b/web"}, wantAllowed: false, wantKeys: []string{"api", "db"}},
 		{name: "ssm", req: ExplainRequest{Namespace: "team-a", PodName: "ssm", ContainerName: "app"},

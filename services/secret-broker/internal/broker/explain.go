@@ -3,14 +3,11 @@ package broker
 import (
 	"context"
 	"fmt"
-	"slices"
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
 
-	"github.com/piggysec/piggy/libs/podidentity"
 	"github.com/piggysec/piggy/libs/podsettings"
-	"github.com/piggysec/piggy/services/secret-broker/internal/authn"
 	"github.com/piggysec/piggy/services/secret-broker/internal/awssecrets"
 	"github.com/piggysec/piggy/services/secret-broker/internal/fault"
 	"github.com/piggysec/piggy/services/secret-broker/internal/policy"
@@ -19,8 +16,8 @@ import (
 // ExplainRequest names a container of an existing pod.
 type ExplainRequest struct {
 	Namespace, PodName, ContainerName string
-	// Keys to check; empty means the keys the container references with
-	// literal "piggy:KEY" env values.
+	// Keys to check; empty means the keys the container was admitted with
+	// (its PIGGY_GRANT).
 	Keys []string
 }
 
@@ -34,11 +31,8 @@ type Explanation struct {
 	Keys           []string
 }
 
-// refPrefix starts env values that reference a secret key.
-const refPrefix = "piggy:"
-
 // Explain reports the broker's decision for a container of an existing
-// pod from the pod's annotations, the defaults and the policy. A secret's
+// pod from its grant, the pod's annotations, the defaults and the policy. A secret's
 // PIGGY_ALLOWED_SA can only be checked at request time (it would need the
 // secret), which the reasons say.
 func (b *Broker) Explain(ctx context.Context, req ExplainRequest) (Explanation, error) {
@@ -76,23 +70,17 @@ func (b *Broker) Explain(ctx context.Context, req ExplainRequest) (Explanation, 
 		note("the pod is in standalone mode: piggy-env reads AWS itself with the pod's role, not through the broker")
 	}
 
-	ids, err := podidentity.Parse(pod.Annotations[podidentity.AnnotationKey])
-	entry, hasEntry := ids[req.ContainerName]
+	grant, admittedErr := b.pods.Admitted(pod, req.ContainerName)
 	switch {
+	case admittedErr != nil:
+		deny("%s", fault.As(admittedErr).Message)
 	case !s.EnforceIntegrity:
 		note("integrity is not enforced: the container UID and command signature are not checked")
-	case err != nil:
-		deny("the %s annotation is unreadable; every request is refused", podidentity.AnnotationKey)
-	case !hasEntry || entry.UID == "":
-		deny("container %q has no UID in the %s annotation; its requests are refused", req.ContainerName, podidentity.AnnotationKey)
-	case entry.Signature == "":
-		deny("container %q has no command signature in the %s annotation; its requests are refused", req.ContainerName, podidentity.AnnotationKey)
 	default:
 		note("container %q has a piggy UID and command signature; requests must present both", req.ContainerName)
 	}
 
-	id := authn.Identity{Namespace: pod.Namespace, ServiceAccount: sa}
-	src, err := b.source(s, id)
+	src, err := b.source(s.GrantSource(pod.Namespace, sa))
 	e.Source = src
 	if err != nil {
 		deny("%s", fault.As(err).Message)
@@ -115,10 +103,11 @@ func (b *Broker) Explain(ctx context.Context, req ExplainRequest) (Explanation, 
 
 	e.Keys = req.Keys
 	if len(e.Keys) == 0 {
-		var indirect bool
-		e.Keys, indirect = referencedKeys(ctr)
-		if indirect {
-			note("the container also takes env from ConfigMaps or Secrets, which ExplainAccess does not read; pass keys to check them")
+		e.Keys = grant.Keys
+	}
+	for _, k := range e.Keys {
+		if admittedErr == nil && !grant.Allows(k) {
+			deny("key %q was not referenced when the pod was admitted; it is refused", k)
 		}
 	}
 	var reserved []string
@@ -142,22 +131,4 @@ func findContainer(pod *corev1.Pod, name string) *corev1.Container {
 		}
 	}
 	return nil
-}
-
-// referencedKeys lists the keys of literal "piggy:KEY" env values, sorted,
-// and reports whether the container has ConfigMap or Secret references.
-func referencedKeys(c *corev1.Container) (keys []string, indirect bool) {
-	for _, e := range c.Env {
-		if k, ok := strings.CutPrefix(e.Value, refPrefix); ok && k != "" && !slices.Contains(keys, k) {
-			keys = append(keys, k)
-		}
-		if e.ValueFrom != nil && (e.ValueFrom.ConfigMapKeyRef != nil || e.ValueFrom.SecretKeyRef != nil) {
-			indirect = true
-		}
-	}
-	if len(c.EnvFrom) > 0 {
-		indirect = true
-	}
-	slices.Sort(keys)
-	return keys, indirect
 }

@@ -82,6 +82,9 @@ func New(pods PodSource, defaults podsettings.Defaults) *Checker {
 type parsedPod struct {
 	settings podsettings.Result
 	launched []launched
+	// current are the settings read now, as a grant without keys, the
+	// broker's default region filled in.
+	current podgrant.Grant
 }
 
 // launched is a container that starts through piggy-env in proxy mode,
@@ -159,6 +162,8 @@ func (c *Checker) parse(pod *corev1.Pod) *parsedPod {
 		}
 	}
 	p := &parsedPod{settings: podsettings.Read(pod.Annotations, c.defaults), launched: launchedContainers(pod)}
+	st := p.settings.Settings
+	p.current = c.withDefaultRegion(podgrant.New(st.GrantSource(pod.Namespace, serviceAccount(pod)), st.EnforceIntegrity, st.EnforceServiceAccount, nil))
 	if cacheable {
 		c.parsed.mu.Lock()
 		if len(c.parsed.m) >= maxParsedPods {
@@ -176,10 +181,7 @@ func (c *Checker) Check(ctx context.Context, id authn.Identity, ctr Container) (
 	if err != nil {
 		return Result{}, err
 	}
-	sa := pod.Spec.ServiceAccountName
-	if sa == "" {
-		sa = "default"
-	}
+	sa := serviceAccount(pod)
 	if sa != id.ServiceAccount {
 		return Result{}, fault.New(fault.PermissionDenied, "pod_mismatch",
 			"pod %s/%s runs as service account %q, not %q of the token", pod.Namespace, pod.Name, sa, id.ServiceAccount)
@@ -194,18 +196,49 @@ func (c *Checker) Check(ctx context.Context, id authn.Identity, ctr Container) (
 	if read.Denied != "" {
 		return Result{}, fault.New(fault.InvalidArgument, "pod_settings", "pod %s/%s: %s", pod.Namespace, pod.Name, read.Denied)
 	}
-	if res.Grant, err = admitted(pod, parsed, l); err != nil {
+	if res.Grant, err = c.grant(pod, parsed, l); err != nil {
 		return Result{}, err
 	}
 	if l != nil {
 		res.ContainerName = l.name
 	}
-	now := podgrant.New(read.Settings.GrantSource(pod.Namespace, sa), read.Settings.EnforceIntegrity, read.Settings.EnforceServiceAccount, nil)
-	if diff := c.withDefaultRegion(res.Grant).SameSettings(c.withDefaultRegion(now)); diff != "" {
-		return Result{}, fault.New(fault.PermissionDenied, "pod_settings_changed",
+	return res, nil
+}
+
+// Admitted returns what container of pod was admitted to read, refused as
+// Check refuses it: not launched by Piggy, no readable grant, or settings
+// changed since admission. It checks no caller (for diagnostics).
+func (c *Checker) Admitted(pod *corev1.Pod, container string) (podgrant.Grant, error) {
+	parsed := c.parse(pod)
+	for i := range parsed.launched {
+		if l := &parsed.launched[i]; l.name == container {
+			return c.grant(pod, parsed, l)
+		}
+	}
+	return podgrant.Grant{}, fault.New(fault.PermissionDenied, "container_uid_mismatch",
+		"container %q of pod %s/%s was not launched by Piggy (it has no PIGGY_UID); its requests are refused", container, pod.Namespace, pod.Name)
+}
+
+// grant is what l (nil: any launched container) was admitted to read,
+// refused when the pod's settings are no longer those of the grant.
+func (c *Checker) grant(pod *corev1.Pod, parsed *parsedPod, l *launched) (podgrant.Grant, error) {
+	g, err := admitted(pod, parsed, l)
+	if err != nil {
+		return podgrant.Grant{}, err
+	}
+	if diff := c.withDefaultRegion(g).SameSettings(parsed.current); diff != "" {
+		return podgrant.Grant{}, fault.New(fault.PermissionDenied, "pod_settings_changed",
 			"pod %s/%s: its settings differ from what was admitted (admitted %s now); settings cannot change after admission, recreate the pod", pod.Namespace, pod.Name, diff)
 	}
-	return res, nil
+	return g, nil
+}
+
+// serviceAccount is the pod's service account name ("default" when unset).
+func serviceAccount(pod *corev1.Pod) string {
+	if sa := pod.Spec.ServiceAccountName; sa != "" {
+		return sa
+	}
+	return "default"
 }
 
 // withDefaultRegion fills in the broker's default region where g names
@@ -310,11 +343,7 @@ func (c *Checker) findPod(ctx context.Context, id authn.Identity, ctr Container)
 	}
 	var match []*corev1.Pod
 	for _, p := range pods {
-		sa := p.Spec.ServiceAccountName
-		if sa == "" {
-			sa = "default"
-		}
-		if sa == id.ServiceAccount {
+		if serviceAccount(p) == id.ServiceAccount {
 			match = append(match, p)
 		}
 	}
