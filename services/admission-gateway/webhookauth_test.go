@@ -12,7 +12,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/piggysec/piggy/libs/kubetest"
-	"github.com/piggysec/piggy/libs/registrytest"
 	"github.com/piggysec/piggy/libs/testca"
 )
 
@@ -39,15 +38,16 @@ func TestForgedReviewsNeedTheAPIServersCertificate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The gateway's address is fixed before the apiserver starts: the
-	// kubeconfig names the webhook by host:port.
-	listen := registrytest.ClosedPort(t)
+	// The kubeconfig's "*" user is the apiserver's credential for every
+	// webhook, so the gateway can take any free port after the apiserver
+	// has started (a port chosen before and bound later could be taken by
+	// another process meanwhile).
 	kubeconfig := filepath.Join(dir, "webhook-kubeconfig.yaml")
 	admission := filepath.Join(dir, "admission.yaml")
 	write(t, kubeconfig, `apiVersion: v1
 kind: Config
 users:
-- name: "`+listen+`"
+- name: "*"
   user:
     client-certificate: `+apiserver.CertFile+`
     client-key: `+apiserver.KeyFile+`
@@ -65,7 +65,7 @@ plugins:
 	opts.ExtraAPIServerFlags = []string{"--admission-control-config-file=" + admission}
 	c := kubetest.ForTestWithOptions(t, opts)
 
-	s := startStackOn(t, c, "apiserver-only", "", "--listen-address="+listen,
+	s := startStackOn(t, c, "apiserver-only", "",
 		"--webhook-client-ca-file="+apiserver.CAFile, "--webhook-client-names=kube-apiserver")
 	ns := s.namespace(t, nil)
 	pod := appPod(ns, "app", map[string]string{"piggysec.com/aws-secret-name": "team/app"},
