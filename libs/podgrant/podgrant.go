@@ -47,8 +47,21 @@ const (
 // is "piggy:KEY" with a non-empty KEY, and neither its name nor KEY is
 // reserved.
 func Reference(name, value string) (key string, ok bool) {
+	key, ok = ParseReference(value)
+	if !ok || strings.HasPrefix(name, Reserved) || strings.HasPrefix(key, Reserved) {
+		return "", false
+	}
+	return key, true
+}
+
+// ParseReference reports the key a value references: the whole value is
+// "piggy:KEY" with a non-empty KEY. Anything else, "piggy:" alone or a
+// value that merely contains "piggy:", is an ordinary value. piggy-env
+// replaces every such value (a reserved KEY is left unset, never given);
+// Reference adds the reserved-name rule for what is granted.
+func ParseReference(value string) (key string, ok bool) {
 	key, ok = strings.CutPrefix(value, ReferencePrefix)
-	if !ok || key == "" || strings.HasPrefix(name, Reserved) || strings.HasPrefix(key, Reserved) {
+	if !ok || key == "" {
 		return "", false
 	}
 	return key, true

@@ -1,4 +1,6 @@
 // Package refs finds piggy references in an environment and replaces them.
+// What a reference is comes from libs/podgrant, the rule the
+// admission-gateway uses to grant the keys a container may read.
 //
 // A reference is an environment variable whose whole value is "piggy:KEY"
 // with a non-empty KEY; the variable's name and KEY may differ
@@ -10,16 +12,18 @@ package refs
 import (
 	"slices"
 	"strings"
+
+	"github.com/piggysec/piggy/libs/podgrant"
 )
 
 // Prefix starts every reference value.
-const Prefix = "piggy:"
+const Prefix = podgrant.ReferencePrefix
 
 // Reserved starts the names that belong to piggy itself: PIGGY_* variables
 // configure piggy-env and never reach the command, and PIGGY_* keys in a
 // secret (such as PIGGY_ALLOWED_SA) configure the broker and are never given
 // to the command.
-const Reserved = "PIGGY_"
+const Reserved = podgrant.Reserved
 
 // Ref is one environment variable that references a secret key.
 type Ref struct {
@@ -27,15 +31,6 @@ type Ref struct {
 	Name string
 	// Key is the secret key it references.
 	Key string
-}
-
-// Parse reports the key a value references, if it is a reference.
-func Parse(value string) (key string, ok bool) {
-	key, ok = strings.CutPrefix(value, Prefix)
-	if !ok || key == "" {
-		return "", false
-	}
-	return key, true
 }
 
 // Find returns the references in environ ("NAME=VALUE" entries), in the order
@@ -51,7 +46,7 @@ func Find(environ []string) []Ref {
 		if !ok || name == "" || strings.HasPrefix(name, Reserved) {
 			continue
 		}
-		if key, ok := Parse(value); ok {
+		if key, ok := podgrant.ParseReference(value); ok {
 			out = append(out, Ref{Name: name, Key: key})
 		}
 	}
@@ -114,7 +109,7 @@ func Resolve(environ []string, values map[string]string) Result {
 		if strings.HasPrefix(name, Reserved) {
 			continue
 		}
-		key, ok := Parse(value)
+		key, ok := podgrant.ParseReference(value)
 		if !ok || name == "" {
 			res.Env = append(res.Env, kv)
 			continue

@@ -1,10 +1,13 @@
 package refs
 
 import (
+	"slices"
 	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/piggysec/piggy/libs/podgrant"
 )
 
 func TestParse(t *testing.T) {
@@ -28,7 +31,7 @@ func TestParse(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.value, func(t *testing.T) {
-			key, ok := Parse(tt.value)
+			key, ok := podgrant.ParseReference(tt.value)
 			if diff := cmp.Diff(tt.wantKey, key); diff != "" || ok != tt.wantOK {
 				t.Errorf("Parse(%q) = %q, %v; want %q, %v", tt.value, key, ok, tt.wantKey, tt.wantOK)
 			}
@@ -143,13 +146,13 @@ func TestResolve(t *testing.T) {
 	}
 }
 
-// FuzzParse checks the reference parser's invariants on arbitrary values.
+// FuzzParse checks the reference rule's invariants on arbitrary values.
 func FuzzParse(f *testing.F) {
 	for _, s := range []string{"piggy:KEY", "piggy:", "", "piggy", "piggy:piggy:x", "xpiggy:y", "piggy:\x00"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, value string) {
-		key, ok := Parse(value)
+		key, ok := podgrant.ParseReference(value)
 		if ok != (strings.HasPrefix(value, Prefix) && len(value) > len(Prefix)) {
 			t.Fatalf("Parse(%q) ok = %v", value, ok)
 		}
@@ -177,6 +180,43 @@ func FuzzParse(f *testing.F) {
 			if diff := cmp.Diff([]string{"V=" + value}, res.Env); diff != "" {
 				t.Fatalf("Resolve(%q) changed a plain value (-want +got):\n%s", value, diff)
 			}
+		}
+	})
+}
+
+// FuzzKeysAreTheGrantedKeys is the differential test of the one reference
+// rule: the keys piggy-env asks for in an environment are exactly the keys
+// the admission-gateway grants for those variables (podgrant.Reference),
+// so a launcher never asks for a key its grant cannot hold.
+func FuzzKeysAreTheGrantedKeys(f *testing.F) {
+	for _, s := range []string{
+		"A=piggy:db\nB=piggy:api",
+		"PIGGY_X=piggy:db\nA=piggy:PIGGY_ALLOWED_SA",
+		"A=piggy:db\nA=plain\nB=piggy:",
+		"A=x piggy:db\n=piggy:k\nnoequals",
+		"A=piggy:k\nB=piggy:k\nC=piggy:a:b",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, lines string) {
+		environ := strings.Split(lines, "\n")
+		var granted []string
+		for _, kv := range Dedup(environ) {
+			name, value, _ := strings.Cut(kv, "=")
+			if name == "" {
+				continue
+			}
+			if key, ok := podgrant.Reference(name, value); ok {
+				granted = append(granted, key)
+			}
+		}
+		slices.Sort(granted)
+		granted = slices.Compact(granted)
+		if granted == nil {
+			granted = []string{}
+		}
+		if diff := cmp.Diff(granted, Keys(Find(environ))); diff != "" {
+			t.Fatalf("environment %q: asked-for keys differ from granted keys (-granted +asked):\n%s", environ, diff)
 		}
 	})
 }
