@@ -6,6 +6,17 @@
 // outlasts the lookup's own deadline; the load goes on and replaces the
 // entry when it succeeds.
 //
+// A load error that CacheError accepts (a deterministic outcome such as
+// "not found" or "access denied", never a transient one) is remembered for
+// NegativeTTL: lookups of the key get the same error without a load until
+// then, and never after (a negative entry has no stale window), so a value
+// created meanwhile is seen at the latest NegativeTTL after the failure.
+//
+// The cache is bounded by entries (Capacity) and, when MaxBytes is set, by
+// the summed sizes of its entries (Size of the value plus the key's length):
+// the least recently used entries go first, and a value larger than
+// MaxBytes on its own is returned but not kept.
+//
 // The cache only remembers what a load returned. It decides nothing about
 // who may see an entry: callers authorise every request before and after a
 // lookup.
@@ -44,6 +55,20 @@ type Options struct {
 	LoadTimeout time.Duration
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+
+	// MaxBytes bounds the summed sizes of the entries (Size of each value
+	// plus the length of its key); zero bounds only the number of entries.
+	MaxBytes int64
+	// Size is the size in bytes of a value, for MaxBytes; nil counts keys
+	// only.
+	Size func(value any) int64
+	// NegativeTTL is how long a load error that CacheError accepts is
+	// remembered; zero remembers no error.
+	NegativeTTL time.Duration
+	// CacheError reports whether a load error may be remembered: outcomes
+	// that do not change until the source does (not found, access
+	// denied), never transient ones. Nil remembers none.
+	CacheError func(error) bool
 }
 
 // Result says how a lookup was answered.
@@ -78,11 +103,21 @@ func (r Result) String() string {
 
 // Stats are a snapshot of a cache's counters.
 type Stats struct {
-	Entries, Capacity                  int64
-	Hits, Misses, Coalesced, Evictions int64
+	Entries, Capacity int64
+	// Hits counts lookups answered by a live entry, remembered errors
+	// included.
+	Hits, Misses, Coalesced int64
+	// Evictions counts entries dropped, or values not kept, to respect
+	// Capacity or MaxBytes.
+	Evictions int64
 	// StaleServed counts lookups answered with an expired entry.
 	StaleServed int64
-	TTL         time.Duration
+	// Negative counts the live and expired remembered errors held.
+	Negative int64
+	// Bytes is the summed size of the entries; MaxBytes the bound (zero:
+	// none).
+	Bytes, MaxBytes int64
+	TTL             time.Duration
 }
 
 // Loader loads the value of a key. It returns how long the value may be
@@ -94,17 +129,23 @@ type Cache[V any] struct {
 	opts  Options
 	group singleflight.Group
 
-	mu    sync.Mutex
-	ll    *list.List // front = most recently used; holds *entry[V]
-	items map[string]*list.Element
+	mu       sync.Mutex
+	ll       *list.List // front = most recently used; holds *entry[V]
+	items    map[string]*list.Element
+	bytes    int64 // summed entry sizes
+	negative int64 // entries holding an error
 
 	hits, misses, coalesced, evictions, stale atomic.Int64
 }
 
 type entry[V any] struct {
-	key     string
-	value   V
+	key   string
+	value V
+	// err, when set, is a remembered load error: the entry answers with it
+	// until expires and is never served stale.
+	err     error
 	expires time.Time
+	size    int64
 }
 
 // New returns an empty cache.
@@ -121,6 +162,9 @@ func New[V any](opts Options) *Cache[V] {
 	if opts.ServeStale == nil {
 		opts.ServeStale = func(error) bool { return false }
 	}
+	if opts.CacheError == nil || opts.NegativeTTL <= 0 {
+		opts.CacheError = func(error) bool { return false }
+	}
 	return &Cache[V]{opts: opts, ll: list.New(), items: map[string]*list.Element{}}
 }
 
@@ -130,23 +174,29 @@ func New[V any](opts Options) *Cache[V] {
 // LoadTimeout. A Get stops waiting for the load when ctx ends, or after
 // StaleWait when it has a stale entry to answer with; it answers with the
 // stale entry when there is one (Stale), else with ctx's error.
+//
+// A remembered error (see CacheError) answers like a live entry: with the
+// error and Hit.
 func (c *Cache[V]) Get(ctx context.Context, key string, load Loader[V]) (V, Result, error) {
 	now := c.opts.Now()
-	if v, ok := c.live(key, now); ok {
+	if v, err, ok := c.live(key, now); ok {
 		c.hits.Add(1)
-		return v, Hit, nil
+		return v, Hit, err
 	}
 	var ran atomic.Bool
 	ch := c.group.DoChan(key, func() (any, error) {
 		// A load that finished since the lookup above filled the entry.
-		if v, ok := c.live(key, c.opts.Now()); ok {
-			return v, nil
+		if v, err, ok := c.live(key, c.opts.Now()); ok {
+			return v, err
 		}
 		ran.Store(true)
 		lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.opts.LoadTimeout)
 		defer cancel()
 		v, ttl, err := load(lctx)
 		if err != nil {
+			if c.opts.CacheError(err) {
+				c.putError(key, err)
+			}
 			return v, err
 		}
 		if ttl >= 0 {
@@ -205,37 +255,45 @@ func (c *Cache[V]) wait(ctx context.Context, key string, now time.Time, ch <-cha
 	}
 }
 
-// Cached returns the live entry of key without loading it, counting a hit
-// when there is one (a lookup that finds nothing is counted by the Get that
-// follows it).
+// Cached returns the live value of key without loading it, counting a hit
+// when there is one (a lookup that finds nothing, or a remembered error, is
+// counted by the Get that follows it).
 func (c *Cache[V]) Cached(key string) (V, bool) {
-	v, ok := c.live(key, c.opts.Now())
-	if ok {
-		c.hits.Add(1)
+	v, err, ok := c.live(key, c.opts.Now())
+	if !ok || err != nil {
+		var zero V
+		return zero, false
 	}
-	return v, ok
+	c.hits.Add(1)
+	return v, true
 }
 
-// live returns a live entry, removing it when it is past every use.
-func (c *Cache[V]) live(key string, now time.Time) (V, bool) {
+// Holds reports whether a Get of key would be answered without a load (a
+// live value or a remembered error), without counting.
+func (c *Cache[V]) Holds(key string) bool {
+	_, _, ok := c.live(key, c.opts.Now())
+	return ok
+}
+
+// live returns a live entry (its value or remembered error), removing it
+// when it is past every use.
+func (c *Cache[V]) live(key string, now time.Time) (V, error, bool) {
+	var zero V
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	el, ok := c.items[key]
 	if !ok {
-		var zero V
-		return zero, false
+		return zero, nil, false
 	}
 	e := el.Value.(*entry[V])
 	if now.Before(e.expires) {
 		c.ll.MoveToFront(el)
-		return e.value, true
+		return e.value, e.err, true
 	}
-	if !now.Before(e.expires.Add(c.opts.StaleIfError)) {
-		c.ll.Remove(el)
-		delete(c.items, key)
+	if e.err != nil || !now.Before(e.expires.Add(c.opts.StaleIfError)) {
+		c.remove(el)
 	}
-	var zero V
-	return zero, false
+	return zero, nil, false
 }
 
 // staleValue returns an expired entry still inside the stale window when
@@ -263,12 +321,13 @@ func (c *Cache[V]) staleEntry(key string, now time.Time) (V, bool) {
 		return zero, false
 	}
 	e := el.Value.(*entry[V])
-	if !now.Before(e.expires.Add(c.opts.StaleIfError)) {
+	if e.err != nil || !now.Before(e.expires.Add(c.opts.StaleIfError)) {
 		return zero, false
 	}
 	return e.value, true
 }
 
+// put keeps v for ttl (zero or more than TTL: TTL).
 func (c *Cache[V]) put(key string, v V, ttl time.Duration) {
 	if ttl == 0 || ttl > c.opts.TTL {
 		ttl = c.opts.TTL
@@ -276,34 +335,75 @@ func (c *Cache[V]) put(key string, v V, ttl time.Duration) {
 	if ttl <= 0 {
 		return
 	}
-	expires := c.opts.Now().Add(ttl)
+	size := int64(len(key))
+	if c.opts.Size != nil {
+		size += c.opts.Size(v)
+	}
+	c.store(&entry[V]{key: key, value: v, expires: c.opts.Now().Add(ttl), size: size})
+}
+
+// putError remembers a load error for NegativeTTL. It replaces a value the
+// key held: the source no longer serves it.
+func (c *Cache[V]) putError(key string, err error) {
+	c.store(&entry[V]{key: key, err: err, expires: c.opts.Now().Add(c.opts.NegativeTTL), size: int64(len(key))})
+}
+
+// store adds or replaces the entry of e.key as the most recently used and
+// evicts the least recently used ones past Capacity or MaxBytes. An entry
+// larger than MaxBytes on its own is not kept (and the key's old entry
+// goes).
+func (c *Cache[V]) store(e *entry[V]) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if el, ok := c.items[key]; ok {
-		e := el.Value.(*entry[V])
-		e.value, e.expires = v, expires
-		c.ll.MoveToFront(el)
+	if el, ok := c.items[e.key]; ok {
+		c.remove(el)
+	}
+	if c.opts.MaxBytes > 0 && e.size > c.opts.MaxBytes {
+		c.evictions.Add(1)
 		return
 	}
-	c.items[key] = c.ll.PushFront(&entry[V]{key: key, value: v, expires: expires})
-	for c.ll.Len() > c.opts.Capacity {
-		last := c.ll.Back()
-		c.ll.Remove(last)
-		delete(c.items, last.Value.(*entry[V]).key)
+	c.items[e.key] = c.ll.PushFront(e)
+	c.bytes += e.size
+	if e.err != nil {
+		c.negative++
+	}
+	for c.ll.Len() > c.opts.Capacity || c.opts.MaxBytes > 0 && c.bytes > c.opts.MaxBytes {
+		c.remove(c.ll.Back())
 		c.evictions.Add(1)
 	}
 }
 
+// remove drops an entry; c.mu is held.
+func (c *Cache[V]) remove(el *list.Element) {
+	e := el.Value.(*entry[V])
+	c.ll.Remove(el)
+	delete(c.items, e.key)
+	c.bytes -= e.size
+	if e.err != nil {
+		c.negative--
+	}
+}
+
 // Peek returns the live value of key without loading or counting.
-func (c *Cache[V]) Peek(key string) (V, bool) { return c.live(key, c.opts.Now()) }
+func (c *Cache[V]) Peek(key string) (V, bool) {
+	v, err, ok := c.live(key, c.opts.Now())
+	if err != nil {
+		var zero V
+		return zero, false
+	}
+	return v, ok
+}
 
 // Stats returns the counters.
 func (c *Cache[V]) Stats() Stats {
 	c.mu.Lock()
-	n := c.ll.Len()
+	n, bytes, negative := c.ll.Len(), c.bytes, c.negative
 	c.mu.Unlock()
 	return Stats{
 		Entries:     int64(n),
+		Negative:    negative,
+		Bytes:       bytes,
+		MaxBytes:    c.opts.MaxBytes,
 		Capacity:    int64(c.opts.Capacity),
 		Hits:        c.hits.Load(),
 		Misses:      c.misses.Load(),

@@ -58,7 +58,7 @@ func TestHitMissExpiry(t *testing.T) {
 	get("v1", Hit)
 	clk.advance(time.Second)
 	get("v2", Miss)
-	want := Stats{Entries: 1, Capacity: 10, Hits: 2, Misses: 2, TTL: time.Minute}
+	want := Stats{Entries: 1, Capacity: 10, Hits: 2, Misses: 2, Bytes: int64(len("k")), TTL: time.Minute}
 	if diff := cmp.Diff(want, c.Stats()); diff != "" {
 		t.Errorf("stats (-want +got):\n%s", diff)
 	}
@@ -313,5 +313,142 @@ func TestStaleWhileTheLoadHangs(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+var errNotFound = errors.New("not found")
+
+// TestRememberedErrors: an error CacheError accepts answers later lookups
+// for NegativeTTL without a load, then is gone (no stale window), so a value
+// created meanwhile is seen; other errors are not remembered; a remembered
+// error replaces a value the key held and is never served stale.
+func TestRememberedErrors(t *testing.T) {
+	clk := &clock{t: time.Unix(1000, 0)}
+	c := New[string](Options{
+		Capacity: 10, TTL: time.Minute, StaleIfError: time.Hour, NegativeTTL: 30 * time.Second, Now: clk.now,
+		ServeStale: func(err error) bool { return errors.Is(err, errTransient) },
+		CacheError: func(err error) bool { return errors.Is(err, errNotFound) },
+	})
+	var calls atomic.Int64
+	get := func(load Loader[string]) (string, Result, error) {
+		t.Helper()
+		return c.Get(t.Context(), "k", load)
+	}
+	if _, res, err := get(loader(&calls, "", 0, errNotFound)); !errors.Is(err, errNotFound) || res != Miss {
+		t.Fatalf("first Get = %v, %v; want the load's not found", res, err)
+	}
+	for range 50 {
+		if _, res, err := get(loader(&calls, "v", 0, nil)); !errors.Is(err, errNotFound) || res != Hit {
+			t.Fatalf("Get within NegativeTTL = %v, %v; want the remembered not found", res, err)
+		}
+	}
+	if n := calls.Load(); n != 1 {
+		t.Errorf("loads = %d, want 1", n)
+	}
+	if c.Holds("k") != true || c.Stats().Negative != 1 {
+		t.Errorf("Holds = %v, Negative = %d; want the remembered error", c.Holds("k"), c.Stats().Negative)
+	}
+	if _, ok := c.Cached("k"); ok {
+		t.Error("Cached answered a remembered error as a value")
+	}
+	clk.advance(30*time.Second - time.Nanosecond)
+	if _, _, err := get(loader(&calls, "v", 0, nil)); !errors.Is(err, errNotFound) {
+		t.Fatalf("Get just before NegativeTTL = %v; want not found", err)
+	}
+	clk.advance(time.Nanosecond)
+	if v, res, err := get(loader(&calls, "created", 0, nil)); err != nil || v != "created" || res != Miss {
+		t.Fatalf("Get at NegativeTTL = %q, %v, %v; want the value created meanwhile", v, res, err)
+	}
+	if s := c.Stats(); s.Negative != 0 || s.Entries != 1 {
+		t.Errorf("stats = %+v; want the value only", s)
+	}
+
+	// A transient error is not remembered.
+	calls.Store(0)
+	for range 3 {
+		if _, _, err := c.Get(t.Context(), "t", loader(&calls, "", 0, errTransient)); !errors.Is(err, errTransient) {
+			t.Fatalf("Get = %v", err)
+		}
+	}
+	if n := calls.Load(); n != 3 {
+		t.Errorf("loads of a transient failure = %d, want 3 (one per lookup)", n)
+	}
+
+	// A value that expires and then is not found: the error replaces it,
+	// and no stale value is served for it or after it.
+	clk.advance(time.Minute)
+	if _, _, err := get(loader(&calls, "", 0, errNotFound)); !errors.Is(err, errNotFound) {
+		t.Fatalf("Get after deletion = %v; want not found, not the stale value", err)
+	}
+	clk.advance(30 * time.Second)
+	if _, res, err := get(loader(&calls, "", 0, errTransient)); !errors.Is(err, errTransient) || res != Miss {
+		t.Fatalf("Get with AWS failing after the not found = %v, %v; want the failure, no stale value", res, err)
+	}
+}
+
+// TestNoNegativeTTLRemembersNothing: without NegativeTTL, every lookup of
+// a failing key loads.
+func TestNoNegativeTTLRemembersNothing(t *testing.T) {
+	clk := &clock{t: time.Unix(1000, 0)}
+	c := New[string](Options{Capacity: 10, TTL: time.Minute, Now: clk.now, CacheError: func(error) bool { return true }})
+	var calls atomic.Int64
+	for range 3 {
+		c.Get(t.Context(), "k", loader(&calls, "", 0, errNotFound))
+	}
+	if n := calls.Load(); n != 3 {
+		t.Errorf("loads = %d, want 3", n)
+	}
+}
+
+// TestByteBound: the summed sizes (value sizes plus key lengths) stay
+// within MaxBytes, least recently used first out; a value larger than the
+// bound is returned but not kept and drops the key's old value; replacing
+// an entry accounts for its new size.
+func TestByteBound(t *testing.T) {
+	clk := &clock{t: time.Unix(1000, 0)}
+	c := New[string](Options{
+		Capacity: 100, TTL: time.Minute, MaxBytes: 100, Now: clk.now,
+		Size: func(v any) int64 { return int64(len(v.(string))) },
+	})
+	var calls atomic.Int64
+	val := func(n int) string { return string(make([]byte, n)) }
+	put := func(key string, n int) {
+		t.Helper()
+		if v, _, err := c.Get(t.Context(), key, loader(&calls, val(n), 0, nil)); err != nil || len(v) != n {
+			t.Fatalf("Get(%s) = %d bytes, %v", key, len(v), err)
+		}
+	}
+	put("a", 39) // 40 bytes with its key
+	put("b", 39)
+	if s := c.Stats(); s.Bytes != 80 || s.Entries != 2 || s.MaxBytes != 100 {
+		t.Fatalf("stats = %+v, want 80 bytes in 2 entries", s)
+	}
+	c.Get(t.Context(), "a", loader(&calls, "", 0, nil)) // a is now the most recently used
+	put("c", 39)                                        // 120 > 100: b goes
+	if c.Holds("b") || !c.Holds("a") || !c.Holds("c") {
+		t.Errorf("after c: a %v b %v c %v; want b evicted", c.Holds("a"), c.Holds("b"), c.Holds("c"))
+	}
+	if s := c.Stats(); s.Bytes != 80 || s.Evictions != 1 {
+		t.Errorf("stats = %+v, want 80 bytes and 1 eviction", s)
+	}
+	// Too large on its own: served, not kept, and the old value of its key
+	// goes.
+	if v, _, err := c.Get(t.Context(), "huge", loader(&calls, val(200), 0, nil)); err != nil || len(v) != 200 {
+		t.Fatalf("huge: %d bytes, %v", len(v), err)
+	}
+	if c.Holds("huge") {
+		t.Error("a value larger than MaxBytes was kept")
+	}
+	clk.advance(time.Minute)
+	put("a", 200)
+	if c.Holds("a") || c.Stats().Bytes != 40 {
+		t.Errorf("after a grew past the bound: held %v, %d bytes; want only c's 40", c.Holds("a"), c.Stats().Bytes)
+	}
+	// Replacing with a smaller value frees bytes.
+	put("c", 9)
+	clk.advance(time.Minute)
+	put("c", 9)
+	if s := c.Stats(); s.Bytes != 10 || s.Entries != 1 {
+		t.Errorf("stats = %+v, want 10 bytes in 1 entry", s)
 	}
 }
