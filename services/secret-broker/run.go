@@ -66,10 +66,21 @@ func wire(d *daemon.Daemon, cfg config.Config) error {
 	if err != nil {
 		return err
 	}
-	fetcher, err := awssecrets.NewFetcher(clients, awssecrets.FetcherOptions{Tracer: tracer, Meter: meter})
+	region := cfg.Defaults.Values[podsettings.AWSRegion]
+	if region == "" {
+		region = awsCfg.Region
+	}
+	// Regions are the operator's: the broker's own and --aws-regions. No
+	// pod annotation can add one.
+	regions, err := awssecrets.AllowedRegions(append([]string{region, awsCfg.Region}, cfg.AWSRegions...)...)
 	if err != nil {
 		return err
 	}
+	fetcher, err := awssecrets.NewFetcher(clients, awssecrets.FetcherOptions{Regions: regions, Tracer: tracer, Meter: meter})
+	if err != nil {
+		return err
+	}
+	d.Log.Info("AWS regions pods may name", "regions", regions)
 	authenticator, err := authn.New(kube.AuthenticationV1().TokenReviews(), authn.Options{
 		Audience:     cfg.TokenAudience,
 		AllowUnbound: cfg.AllowUnboundTokens,
@@ -91,25 +102,25 @@ func wire(d *daemon.Daemon, cfg config.Config) error {
 		return err
 	}
 	d.Go(pods.Start)
-	region := cfg.Defaults.Values[podsettings.AWSRegion]
-	if region == "" {
-		region = awsCfg.Region
-	}
 	// An AWS read has its own deadline within the request's; a lookup with
 	// a stale value to fall back on waits one AWS attempt for a fresh one.
 	secretCache := cache.Options{
 		Capacity: cfg.SecretCacheSize, TTL: cfg.SecretCacheTTL, StaleIfError: cfg.StaleIfError,
 		LoadTimeout: cfg.AWSReadTimeout, StaleWait: cfg.AWSAttemptTimeout,
+		MaxBytes: cfg.SecretCacheBytes, NegativeTTL: cfg.NegativeCacheTTL,
 	}
 	b, err := broker.New(authenticator, podcheck.New(pods, cfg.Defaults), fetcher, pods, broker.Options{
-		Rules:          cfg.Rules,
-		Defaults:       cfg.Defaults,
-		DefaultRegion:  region,
-		Cache:          secretCache,
-		RequestTimeout: cfg.RequestTimeout,
-		Log:            d.Log,
-		Tracer:         tracer,
-		Meter:          meter,
+		Rules:           cfg.Rules,
+		Defaults:        cfg.Defaults,
+		DefaultRegion:   region,
+		Regions:         regions,
+		Cache:           secretCache,
+		PodReadBurst:    cfg.PodAWSReadBurst,
+		PodReadInterval: cfg.PodAWSReadInterval,
+		RequestTimeout:  cfg.RequestTimeout,
+		Log:             d.Log,
+		Tracer:          tracer,
+		Meter:           meter,
 	})
 	if err != nil {
 		return err

@@ -28,8 +28,8 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"slices"
 	"strings"
-	"sync"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/secretsmanager"
@@ -63,16 +63,12 @@ type Clients struct {
 	DropCredentials func()
 }
 
-// ClientsFunc returns the clients of a region. Fetcher calls it once per
-// region.
+// ClientsFunc returns the clients of a region. NewFetcher calls it once for
+// each region the operator allows.
 type ClientsFunc func(region string) Clients
 
 // DefaultStage is the Secrets Manager stage read when none is given.
 const DefaultStage = "AWSCURRENT"
-
-// maxRegions bounds the per-region clients a Fetcher creates: regions come
-// from pod annotations.
-const maxRegions = 64
 
 // maxPages bounds the SSM pages read for one path (10 parameters a page).
 const maxPages = 200
@@ -141,25 +137,49 @@ type Secret struct {
 	Invalid map[string]string
 }
 
+// Size is the content's size in bytes for the cache's bound: keys, values
+// and the problems of invalid keys.
+func (s *Secret) Size() int64 {
+	var n int
+	for k, v := range s.Values {
+		n += len(k) + len(v)
+	}
+	for k, p := range s.Invalid {
+		n += len(k) + len(p)
+	}
+	return int64(n)
+}
+
 // Fetcher reads sources. Create it with NewFetcher.
 type Fetcher struct {
-	clients ClientsFunc
-	tracer  trace.Tracer
-	calls   metric.Int64Counter
+	tracer trace.Tracer
+	calls  metric.Int64Counter
 
-	mu      sync.Mutex
+	// regions holds the clients of each allowed region; it is not changed
+	// after NewFetcher, so that no request can add a region.
 	regions map[string]Clients
+	allowed []string // sorted, for messages
 }
 
-// FetcherOptions instrument a Fetcher.
+// FetcherOptions configure a Fetcher.
 type FetcherOptions struct {
-	Tracer trace.Tracer
-	Meter  metric.Meter
+	// Regions are the regions the operator allows (at least one); a source
+	// in any other region is refused without an AWS call.
+	Regions []string
+	Tracer  trace.Tracer
+	Meter   metric.Meter
 }
 
-// NewFetcher returns a Fetcher using clients.
+// NewFetcher returns a Fetcher with the clients of each allowed region.
 func NewFetcher(clients ClientsFunc, opts FetcherOptions) (*Fetcher, error) {
-	f := &Fetcher{clients: clients, tracer: opts.Tracer, regions: map[string]Clients{}}
+	allowed, err := AllowedRegions(opts.Regions...)
+	if err != nil {
+		return nil, err
+	}
+	f := &Fetcher{tracer: opts.Tracer, regions: make(map[string]Clients, len(allowed)), allowed: allowed}
+	for _, r := range allowed {
+		f.regions[r] = clients(r)
+	}
 	if f.tracer == nil {
 		f.tracer = noop.NewTracerProvider().Tracer("")
 	}
@@ -177,21 +197,41 @@ func NewFetcher(clients ClientsFunc, opts FetcherOptions) (*Fetcher, error) {
 // ValidRegion reports whether region looks like an AWS region name.
 func ValidRegion(region string) bool { return regionPattern.MatchString(region) }
 
-func (f *Fetcher) regionClients(region string) (Clients, error) {
-	if !ValidRegion(region) {
-		return Clients{}, fault.New(fault.InvalidArgument, "invalid_region", "%q is not an AWS region", region)
+// AllowedRegions returns the distinct non-empty regions, sorted. It
+// refuses a name that is not an AWS region, and an empty list.
+func AllowedRegions(regions ...string) ([]string, error) {
+	var out []string
+	for _, r := range regions {
+		if r = strings.TrimSpace(r); r == "" || slices.Contains(out, r) {
+			continue
+		}
+		if !ValidRegion(r) {
+			return nil, fmt.Errorf("%q is not an AWS region", r)
+		}
+		out = append(out, r)
 	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
+	if len(out) == 0 {
+		return nil, errors.New("no AWS region allowed: set AWS_REGION or --aws-regions")
+	}
+	slices.Sort(out)
+	return out, nil
+}
+
+// RegionNotAllowed is the refusal of a region outside allowed: it names the
+// allowed regions (the operator's settings, not a tenant's).
+func RegionNotAllowed(region string, allowed []string) error {
+	if !ValidRegion(region) {
+		return fault.New(fault.InvalidArgument, "invalid_region", "%q is not an AWS region", region)
+	}
+	return fault.New(fault.InvalidArgument, "invalid_region", "region %q is not served by this broker; it reads %s (the operator's --aws-regions and its own region)",
+		region, strings.Join(allowed, ", "))
+}
+
+func (f *Fetcher) regionClients(region string) (Clients, error) {
 	if c, ok := f.regions[region]; ok {
 		return c, nil
 	}
-	if len(f.regions) >= maxRegions {
-		return Clients{}, fault.New(fault.InvalidArgument, "invalid_region", "region %q: the broker serves at most %d regions", region, maxRegions)
-	}
-	c := f.clients(region)
-	f.regions[region] = c
-	return c, nil
+	return Clients{}, RegionNotAllowed(region, f.allowed)
 }
 
 // Fetch reads the content of src.

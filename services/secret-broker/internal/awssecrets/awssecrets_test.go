@@ -60,17 +60,20 @@ func (f *fakeSSM) GetParametersByPath(_ context.Context, in *ssm.GetParametersBy
 	return out, nil
 }
 
-func fetcher(t *testing.T, sm SecretsManagerAPI, p SSMAPI) (*Fetcher, *[]string) {
+func fetcher(t *testing.T, sm SecretsManagerAPI, p SSMAPI, regions ...string) (*Fetcher, *[]string) {
 	t.Helper()
-	var regions []string
+	if len(regions) == 0 {
+		regions = []string{"eu-west-3"}
+	}
+	var created []string
 	f, err := NewFetcher(func(region string) Clients {
-		regions = append(regions, region)
+		created = append(created, region)
 		return Clients{SecretsManager: sm, SSM: p}
-	}, FetcherOptions{})
+	}, FetcherOptions{Regions: regions})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return f, &regions
+	return f, &created
 }
 
 func TestSecretsManagerVersions(t *testing.T) {
@@ -222,21 +225,47 @@ func TestClassify(t *testing.T) {
 	}
 }
 
+// TestClientsPerRegion: clients exist for the operator's regions only,
+// created once each; any other region, however many are tried, is refused
+// naming the allowed ones and never adds clients (no first-come table).
 func TestClientsPerRegion(t *testing.T) {
 	sm := &fakeSM{out: &secretsmanager.GetSecretValueOutput{SecretString: aws.String(`{}`)}}
-	f, regions := fetcher(t, sm, nil)
+	f, regions := fetcher(t, sm, nil, "us-gov-west-1", "eu-west-3", " us-east-1", "eu-west-3", "")
 	for _, r := range []string{"eu-west-3", "us-east-1", "eu-west-3", "us-gov-west-1", "eu-west-3"} {
 		if _, err := f.Fetch(t.Context(), Source{Region: r, SecretName: "x"}); err != nil {
 			t.Fatal(err)
 		}
 	}
+	for i := range 100 {
+		fake := fmt.Sprintf("zz-fake-%d", i%10)
+		err := fault.As(func() error { _, err := f.Fetch(t.Context(), Source{Region: fake, SecretName: "x"}); return err }())
+		want := fmt.Sprintf("region %q is not served by this broker; it reads eu-west-3, us-east-1, us-gov-west-1 (the operator's --aws-regions and its own region)", fake)
+		if err.Kind != fault.InvalidArgument || err.Message != want {
+			t.Fatalf("region %s: %v (%v), want InvalidArgument %q", fake, err, err.Kind, want)
+		}
+	}
 	if diff := cmp.Diff([]string{"eu-west-3", "us-east-1", "us-gov-west-1"}, *regions); diff != "" {
 		t.Errorf("clients created (-want +got):\n%s", diff)
+	}
+	if _, err := f.Fetch(t.Context(), Source{Region: "us-east-1", SecretName: "x"}); err != nil {
+		t.Errorf("an allowed region after 100 refused ones: %v", err)
 	}
 	for _, bad := range []string{"", "EU-WEST-3", "eu-west-3.evil.example", "localhost", "eu-west"} {
 		if _, err := f.Fetch(t.Context(), Source{Region: bad, SecretName: "x"}); fault.KindOf(err) != fault.InvalidArgument {
 			t.Errorf("region %q: err = %v, want InvalidArgument", bad, err)
 		}
+	}
+	for _, bad := range [][]string{nil, {""}, {"eu-west-3", "mars"}} {
+		if _, err := NewFetcher(func(string) Clients { return Clients{} }, FetcherOptions{Regions: bad}); err == nil {
+			t.Errorf("NewFetcher with regions %q: no error", bad)
+		}
+	}
+}
+
+func TestSecretSize(t *testing.T) {
+	s := &Secret{Values: map[string]logging.Secret{"db": "12345", "k": ""}, Invalid: map[string]string{"n": "is null"}}
+	if got := s.Size(); got != 2+5+1+1+7 {
+		t.Errorf("Size = %d, want 16", got)
 	}
 }
 
@@ -291,7 +320,7 @@ func TestRejectedCredentialsAreDropped(t *testing.T) {
 					c.DropCredentials = func() { drops++ }
 				}
 				return c
-			}, FetcherOptions{})
+			}, FetcherOptions{Regions: []string{"eu-west-3"}})
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -53,7 +53,7 @@ func sdkFetcher(t *testing.T, opts awslocal.Options) (*Fetcher, *awslocal.Server
 	if cfg.Region != "eu-west-3" {
 		t.Errorf("region = %q", cfg.Region)
 	}
-	f, err := NewFetcher(clients, FetcherOptions{})
+	f, err := NewFetcher(clients, FetcherOptions{Regions: []string{"eu-west-3"}})
 	if err != nil {
 		t.Fatal(err)
 	}

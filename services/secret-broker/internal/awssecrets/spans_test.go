@@ -25,7 +25,7 @@ func TestSpansAndMetricsPerAWSCall(t *testing.T) {
 		{Name: aws.String("/team-a/c"), Value: aws.String(value)},
 	}}
 	sm := &fakeSM{out: &secretsmanager.GetSecretValueOutput{SecretString: aws.String(`{"k":"` + value + `"}`)}}
-	f, err := NewFetcher(func(string) Clients { return Clients{SecretsManager: sm, SSM: p} }, FetcherOptions{Tracer: tp.Tracer("test"), Meter: mp.Meter("test")})
+	f, err := NewFetcher(func(string) Clients { return Clients{SecretsManager: sm, SSM: p} }, FetcherOptions{Regions: []string{"eu-west-3"}, Tracer: tp.Tracer("test"), Meter: mp.Meter("test")})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -4,12 +4,26 @@
 // through a bounded, coalescing cache (cache, awssecrets) and returns only
 // the requested keys. It logs one line per request and records the request
 // metrics. Transports (grpcapi) only decode, call it and map its errors.
+//
+// What a request may cost AWS is bounded: a region outside the operator's
+// list, and a name outside the caller's rules that no PIGGY_ALLOWED_SA may
+// grant (policy.Rules.ListMayGrant), are refused before any AWS call; not
+// found, access denied and content that cannot be served are remembered
+// per source for the cache's NegativeTTL; the cache is bounded by bytes;
+// and each pod may cause at most a burst of AWS reads, refilled at a fixed
+// rate.
+//
+// Every refusal of a name outside the caller's own rules is one message,
+// whether the secret exists, is missing, has an allow-list or not (no
+// existence oracle); the reason goes to the request's log line only.
 package broker
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -67,10 +81,21 @@ type Options struct {
 	Defaults podsettings.Defaults
 	// DefaultRegion is used when neither the pod nor the defaults name one.
 	DefaultRegion string
-	// Cache configures the secret cache (its ServeStale is set here; its
-	// LoadTimeout, the deadline of an AWS read, defaults to
-	// awssecrets.ReadTimeout of RequestTimeout).
+	// Regions are the regions pods may name (the operator's list and the
+	// broker's own region); empty means DefaultRegion only.
+	Regions []string
+	// Cache configures the secret cache (its ServeStale, Size and
+	// CacheError are set here; its LoadTimeout, the deadline of an AWS read,
+	// defaults to awssecrets.ReadTimeout of RequestTimeout). Its MaxBytes
+	// bounds the values' sizes and its NegativeTTL says how long not found,
+	// access denied and unservable content are remembered per source.
 	Cache cache.Options
+	// PodReadBurst is how many AWS reads one pod may cause at once, and
+	// PodReadInterval how often it gets one more; PodReadBurst < 1 sets no
+	// limit. The refusal names them as the flags FlagPodReadBurst and
+	// FlagPodReadInterval.
+	PodReadBurst    int
+	PodReadInterval time.Duration
 	// RequestTimeout bounds a whole GetSecrets call.
 	RequestTimeout time.Duration
 	Log            *slog.Logger
@@ -80,6 +105,13 @@ type Options struct {
 	Now func() time.Time
 }
 
+// Names of the settings in refusals (the broker's flags).
+const (
+	FlagPodReadBurst    = "--pod-aws-read-burst"
+	FlagPodReadInterval = "--pod-aws-read-interval"
+	FlagAllowListGrants = "--allowed-sa-names"
+)
+
 // Broker serves secret requests. Create it with New.
 type Broker struct {
 	authn   Authenticator
@@ -88,6 +120,7 @@ type Broker struct {
 	getter  PodGetter
 	opts    Options
 	secrets *cache.Cache[*awssecrets.Secret]
+	budget  *readBudget
 
 	requests metric.Int64Counter
 	duration metric.Float64Histogram
@@ -105,13 +138,21 @@ func New(a Authenticator, pods PodChecker, f Fetcher, getter PodGetter, opts Opt
 		opts.RequestTimeout = 8 * time.Second
 	}
 	opts.Cache.ServeStale = awssecrets.Transient
+	opts.Cache.CacheError = rememberedFailure
+	opts.Cache.Size = func(v any) int64 { return v.(*awssecrets.Secret).Size() }
 	if opts.Cache.Now == nil {
 		opts.Cache.Now = opts.Now
 	}
 	if opts.Cache.LoadTimeout <= 0 {
 		opts.Cache.LoadTimeout = awssecrets.ReadTimeout(opts.RequestTimeout)
 	}
-	b := &Broker{authn: a, pods: pods, fetcher: f, getter: getter, opts: opts, secrets: cache.New[*awssecrets.Secret](opts.Cache)}
+	if len(opts.Regions) == 0 && opts.DefaultRegion != "" {
+		opts.Regions = []string{opts.DefaultRegion}
+	}
+	opts.Regions = slices.Sorted(slices.Values(opts.Regions))
+	b := &Broker{authn: a, pods: pods, fetcher: f, getter: getter, opts: opts,
+		secrets: cache.New[*awssecrets.Secret](opts.Cache),
+		budget:  newReadBudget(opts.PodReadBurst, opts.PodReadInterval, opts.Now)}
 	if err := b.instrument(); err != nil {
 		return nil, err
 	}
@@ -143,6 +184,14 @@ type caller struct {
 	source    string
 	container string
 	cacheRes  string
+}
+
+// podKey identifies the caller's pod for its AWS read budget.
+func (c *caller) podKey() string {
+	if c.id.PodUID != "" {
+		return c.id.PodUID
+	}
+	return c.id.Namespace + "/" + c.id.PodName
 }
 
 // GetSecrets serves one request. Errors are *fault.Error.
@@ -183,6 +232,18 @@ func (b *Broker) GetSecrets(ctx context.Context, req Request) (resp Response, er
 		kind = policy.SSMParameterPath
 	}
 	byName := b.opts.Rules.ByName(who, kind, src.Name())
+	// Outside the caller's own rules only the secret's PIGGY_ALLOWED_SA can
+	// allow it; where the operator lets no allow-list grant the name, the
+	// name decides and AWS is not read.
+	outside := !byName.Allowed
+	if outside && !b.opts.Rules.ListMayGrant(who, src.Name()) {
+		return Response{}, refusedOutside(who, src, byName, fmt.Errorf("no %s pattern matches the name, so no %s may grant it; AWS was not read", FlagAllowListGrants, policy.AllowedSAKey))
+	}
+	if !b.secrets.Holds(src.Key()) && !b.budget.take(c.podKey()) {
+		return Response{}, fault.New(fault.Unavailable, "aws_read_limit",
+			"pod %s/%s has used its AWS reads: at most %d at once and one more every %s (the broker's %s and %s); retry later",
+			c.id.Namespace, c.id.PodName, b.opts.PodReadBurst, b.opts.PodReadInterval, FlagPodReadBurst, FlagPodReadInterval)
+	}
 
 	secret, res, err := b.secrets.Get(ctx, src.Key(), func(ctx context.Context) (*awssecrets.Secret, time.Duration, error) {
 		s, err := b.fetcher.Fetch(ctx, src)
@@ -193,16 +254,22 @@ func (b *Broker) GetSecrets(ctx context.Context, req Request) (resp Response, er
 		if ctx.Err() != nil {
 			return Response{}, fault.Wrap(ctx.Err(), fault.Unavailable, "timeout", "reading %s did not finish within the broker's request timeout; retry", src)
 		}
-		if !byName.Allowed && fault.KindOf(err) != fault.Unavailable {
+		if outside && fault.KindOf(err) != fault.Unavailable {
 			// Outside the name rules the secret's existence is nobody's
-			// business: not found and access denied look the same.
-			return Response{}, denied(who, src, byName.Reason)
+			// business: not found, access denied and content that cannot
+			// be served all get the one refusal.
+			return Response{}, refusedOutside(who, src, byName, err)
 		}
 		return Response{}, err
 	}
 	decision := policy.Decide(who, byName, allowList(secret), pc.Settings.EnforceServiceAccount)
 	if !decision.Allowed {
-		return Response{}, denied(who, src, decision.Reasons[len(decision.Reasons)-1])
+		why := decision.Reasons[len(decision.Reasons)-1]
+		if outside {
+			// Whether it has an allow-list, and whom it lists, is not said.
+			return Response{}, refusedOutside(who, src, byName, errors.New(why))
+		}
+		return Response{}, denied(who, src, why)
 	}
 	sel, err := policy.Select(req.Keys, secret.Values, secret.Invalid)
 	if err != nil {
@@ -211,8 +278,32 @@ func (b *Broker) GetSecrets(ctx context.Context, req Request) (resp Response, er
 	return Response{Values: sel.Values, Missing: sel.Missing, SourceName: src.Name()}, nil
 }
 
+// denied refuses a source inside the caller's own name rules, saying why
+// (the secret is the caller's namespace's own).
 func denied(who policy.Caller, src awssecrets.Source, why string) error {
 	return fault.New(fault.PermissionDenied, "policy_denied", "service account %s may not read %s: %s", who, src, why)
+}
+
+// refusedOutside refuses a source outside the caller's own name rules. The
+// message depends only on the caller and the name it asked for, never on
+// whether the secret exists, has a PIGGY_ALLOWED_SA or what it lists:
+// detail, the actual reason, goes into the cause, which only the broker's
+// log shows.
+func refusedOutside(who policy.Caller, src awssecrets.Source, byName policy.NameDecision, detail error) error {
+	return fault.Wrap(detail, fault.PermissionDenied, "policy_denied", "service account %s may not read %s: %s, and no %s grants it",
+		who, src, byName.Reason, policy.AllowedSAKey)
+}
+
+// rememberedFailure reports whether an AWS read's failure is remembered
+// for the negative TTL: outcomes that stay until the source changes (not
+// found, access denied, content that cannot be served, a request AWS
+// rejects), never transient ones or the broker's own faults.
+func rememberedFailure(err error) bool {
+	switch fault.KindOf(err) {
+	case fault.NotFound, fault.PermissionDenied, fault.FailedPrecondition, fault.InvalidArgument:
+		return true
+	}
+	return false
 }
 
 // allowList reads a secret's PIGGY_ALLOWED_SA.
@@ -242,8 +333,8 @@ func (b *Broker) source(g podgrant.Source) (awssecrets.Source, error) {
 	if src.Region == "" {
 		return src, fault.New(fault.InvalidArgument, "invalid_region", "no AWS region: set the %s%s annotation or the broker's AWS_REGION", podsettings.Prefix, podsettings.AWSRegion)
 	}
-	if !awssecrets.ValidRegion(src.Region) {
-		return src, fault.New(fault.InvalidArgument, "invalid_region", "%q is not an AWS region", src.Region)
+	if !slices.Contains(b.opts.Regions, src.Region) {
+		return src, awssecrets.RegionNotAllowed(src.Region, b.opts.Regions)
 	}
 	return src, nil
 }
@@ -390,6 +481,12 @@ func (b *Broker) instrument() error {
 		return err
 	}
 	observables = append(observables, entries)
+	bytes, err := m.Int64ObservableGauge("piggy_secret_broker_cache_bytes", metric.WithUnit("By"),
+		metric.WithDescription("Summed size of the keys and values held by a cache."))
+	if err != nil {
+		return err
+	}
+	observables = append(observables, bytes)
 	secretsAttr := metric.WithAttributes(attribute.String("cache", "secrets"))
 	tokensAttr := metric.WithAttributes(attribute.String("cache", "token_reviews"))
 	_, err = m.RegisterCallback(func(_ context.Context, o metric.Observer) error {
@@ -400,6 +497,8 @@ func (b *Broker) instrument() error {
 		}
 		o.ObserveInt64(entries, s.Entries, secretsAttr)
 		o.ObserveInt64(entries, t.Entries, tokensAttr)
+		o.ObserveInt64(bytes, s.Bytes, secretsAttr)
+		o.ObserveInt64(bytes, t.Bytes, tokensAttr)
 		return nil
 	}, observables...)
 	return err

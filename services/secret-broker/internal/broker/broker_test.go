@@ -123,6 +123,7 @@ func secretOf(kv map[string]string) *awssecrets.Secret {
 type setup struct {
 	b       *Broker
 	fetcher *fakeFetcher
+	checker fakeChecker
 	logs    *syncBuffer
 }
 
@@ -165,7 +166,8 @@ func newSetup(t *testing.T, mod ...func(*Options, *fakeChecker)) *setup {
 	}, errs: map[string]error{}}
 	checker := fakeChecker{annotations: map[string]map[string]string{}}
 	opts := Options{
-		Rules:         policy.Rules{SecretsManager: policy.DefaultSecretsManagerPatterns, SSM: policy.DefaultSSMPatterns},
+		Rules:         policy.Rules{SecretsManager: policy.DefaultSecretsManagerPatterns, SSM: policy.DefaultSSMPatterns, AllowListGrants: policy.DefaultAllowListGrants},
+		Regions:       []string{"eu-west-3", "us-east-1"},
 		DefaultRegion: "eu-west-3",
 		Cache:         cache.Options{Capacity: 100, TTL: time.Minute},
 	}
@@ -178,7 +180,7 @@ func newSetup(t *testing.T, mod ...func(*Options, *fakeChecker)) *setup {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &setup{b: b, fetcher: f, logs: logs}
+	return &setup{b: b, fetcher: f, checker: checker, logs: logs}
 }
 
 func annotate(pod string, kv ...string) func(*Options, *fakeChecker) {
@@ -485,7 +487,8 @@ func TestExplain(t *testing.T) {
 		"team-a/ssm":     mk("ssm", map[string]string{podsettings.AWSSSMParameterPath: "/team-a/app"}),
 	}
 	b, err := New(fakeAuth{}, fakeChecker{}, &fakeFetcher{}, getter, Options{
-		Rules:         policy.Rules{SecretsManager: policy.DefaultSecretsManagerPatterns, SSM: policy.DefaultSSMPatterns},
+		Rules:         policy.Rules{SecretsManager: policy.DefaultSecretsManagerPatterns, SSM: policy.DefaultSSMPatterns, AllowListGrants: policy.DefaultAllowListGrants},
+		Regions:       []string{"eu-west-3", "us-east-1"},
 		DefaultRegion: "eu-west-3",
 		Cache:         cache.Options{Capacity: 10, TTL: time.Minute},
 	})
@@ -538,5 +541,219 @@ func TestExplain(t *testing.T) {
 				t.Errorf("keys (-want +got):\n%s", diff)
 			}
 		})
+	}
+}
+
+// TestOneRefusalOutsideTheRules is the existence oracle closed: for a name
+// outside the caller's rules, a secret without an allow-list, one whose
+// PIGGY_ALLOWED_SA lists others, one whose list is not a string, a missing
+// one, one AWS will not let the broker read and one that is not JSON give
+// the same kind, reason and message (up to the name asked for); the log
+// line says which it was.
+func TestOneRefusalOutsideTheRules(t *testing.T) {
+	s := newSetup(t)
+	s.fetcher.secrets["team-b/listed"] = secretOf(map[string]string{"db": valueTeam, "PIGGY_ALLOWED_SA": "team-c:x"})
+	s.fetcher.secrets["team-b/badlist"] = &awssecrets.Secret{Values: map[string]logging.Secret{"db": valueTeam}, Invalid: map[string]string{"PIGGY_ALLOWED_SA": "holds a JSON object"}}
+	s.fetcher.errs["team-b/denied"] = fault.New(fault.PermissionDenied, "aws_access_denied", "AWS does not let the broker read secret \"team-b/denied\"")
+	s.fetcher.errs["team-b/raw"] = fault.New(fault.FailedPrecondition, "secret_binary", "secret \"team-b/raw\" holds a binary value")
+	details := map[string]string{
+		"team-b/web":     "",
+		"team-b/listed":  "PIGGY_ALLOWED_SA does not list team-a:web",
+		"team-b/badlist": "PIGGY_ALLOWED_SA is not a string",
+		"team-b/nothing": "not found",
+		"team-b/denied":  "AWS does not let the broker read",
+		"team-b/raw":  "holds a binary value",
+	}
+	var first string
+	for name, detail := range details {
+		pod := "probe-" + strings.TrimPrefix(name, "team-b/")
+		annotate(pod, podsettings.AWSSecretName, name)(nil, &fakeChecker{annotations: s.checker.annotations})
+		_, err := s.b.GetSecrets(t.Context(), req("pod:team-a:web:"+pod, "db"))
+		fe := fault.As(err)
+		if fe.Kind != fault.PermissionDenied || fe.Reason != "policy_denied" {
+			t.Errorf("%s: %v (%v/%s), want PermissionDenied/policy_denied", name, err, fe.Kind, fe.Reason)
+		}
+		msg := strings.ReplaceAll(fe.Message, name, "NAME")
+		if first == "" {
+			first = msg
+		} else if msg != first {
+			t.Errorf("%s: message %q differs from %q", name, msg, first)
+		}
+		for _, leak := range []string{"PIGGY_ALLOWED_SA does not", "not a string", "not found", "binary", "AWS does not", "team-c"} {
+			if strings.Contains(fe.Message, leak) {
+				t.Errorf("%s: message %q says %q", name, fe.Message, leak)
+			}
+		}
+		if detail != "" {
+			found := false
+			for _, r := range s.logs.records(t) {
+				if r["pod_name"] == pod && strings.Contains(r["error"].(string), detail) {
+					found = true
+				}
+			}
+			if !found {
+				t.Errorf("%s: no log line of pod %s holds %q:\n%s", name, pod, detail, s.logs)
+			}
+		}
+	}
+	want := `service account team-a:web may not read secret "NAME": Secrets Manager secret "NAME" is neither the default secret "team-a/web" nor matched by the broker policy for namespace "team-a", and no PIGGY_ALLOWED_SA grants it`
+	if first != want {
+		t.Errorf("message = %q, want %q", first, want)
+	}
+	// Inside the caller's own rules the reason is the caller's business.
+	annotate("own", podsettings.AWSSecretName, "team-a/shared")(nil, &fakeChecker{annotations: s.checker.annotations})
+	if _, err := s.b.GetSecrets(t.Context(), req("pod:team-a:web:own", "db")); !strings.Contains(fault.As(err).Message, "PIGGY_ALLOWED_SA does not list team-a:web") {
+		t.Errorf("own namespace's secret: %v, want the allow-list reason", err)
+	}
+}
+
+// TestNamesNoAllowListMayGrantAreNotRead: with AllowListGrants narrowed, a
+// name outside the caller's rules and the grants is refused without an AWS
+// read, with the same message as any other refusal outside the rules; a
+// name the grants match is still read, and its PIGGY_ALLOWED_SA decides.
+func TestNamesNoAllowListMayGrantAreNotRead(t *testing.T) {
+	s := newSetup(t, func(o *Options, _ *fakeChecker) { o.Rules.AllowListGrants = []string{"shared/*"} })
+	s.fetcher.secrets["shared/db"] = secretOf(map[string]string{"db": valueTeam, "PIGGY_ALLOWED_SA": "team-a:web"})
+	for i := range 50 {
+		pod := "probe-" + string(rune('a'+i%26)) + string(rune('a'+i/26))
+		annotate(pod, podsettings.AWSSecretName, "team-b/web")(nil, &fakeChecker{annotations: s.checker.annotations})
+		_, err := s.b.GetSecrets(t.Context(), req("pod:team-a:web:"+pod, "db"))
+		want := `service account team-a:web may not read secret "team-b/web": Secrets Manager secret "team-b/web" is neither the default secret "team-a/web" nor matched by the broker policy for namespace "team-a", and no PIGGY_ALLOWED_SA grants it`
+		if fe := fault.As(err); fe.Reason != "policy_denied" || fe.Message != want {
+			t.Fatalf("err = %v, want %q", err, want)
+		}
+	}
+	if n := s.fetcher.reads.Load(); n != 0 {
+		t.Errorf("AWS reads for 50 refused requests = %d, want 0", n)
+	}
+	annotate("shared", podsettings.AWSSecretName, "shared/db")(nil, &fakeChecker{annotations: s.checker.annotations})
+	if got, err := s.b.GetSecrets(t.Context(), req("pod:team-a:web:shared", "db")); err != nil || got.Values["db"].Reveal() != valueTeam {
+		t.Errorf("shared/db granted by its PIGGY_ALLOWED_SA: %v", err)
+	}
+	// The caller's own names are read as before.
+	if _, err := s.b.GetSecrets(t.Context(), req("pod:team-a:web:web-1", "db")); err != nil {
+		t.Error(err)
+	}
+}
+
+// TestFailuresAreRememberedPerSource: a missing secret is read once per
+// NegativeTTL whoever asks, and is seen once created when the TTL has
+// passed; transient failures are not remembered.
+func TestFailuresAreRememberedPerSource(t *testing.T) {
+	now := time.Unix(1000, 0)
+	var mu sync.Mutex
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	advance := func(d time.Duration) { mu.Lock(); now = now.Add(d); mu.Unlock() }
+	s := newSetup(t, annotate("web-1", podsettings.AWSSecretName, "team-a/later"), func(o *Options, _ *fakeChecker) {
+		o.Now = clock
+		o.Cache.NegativeTTL = 30 * time.Second
+	})
+	for range 50 {
+		if _, err := s.b.GetSecrets(t.Context(), req("pod:team-a:web:web-1", "db")); fault.KindOf(err) != fault.NotFound {
+			t.Fatalf("err = %v, want NotFound", err)
+		}
+	}
+	if n := s.fetcher.reads.Load(); n != 1 {
+		t.Errorf("AWS reads for 50 requests of a missing secret = %d, want 1", n)
+	}
+	s.fetcher.mu.Lock()
+	s.fetcher.secrets["team-a/later"] = secretOf(map[string]string{"db": valueDB})
+	s.fetcher.mu.Unlock()
+	advance(30 * time.Second)
+	if got, err := s.b.GetSecrets(t.Context(), req("pod:team-a:web:web-1", "db")); err != nil || got.Values["db"].Reveal() != valueDB {
+		t.Errorf("after the negative TTL: %v, want the secret created meanwhile", err)
+	}
+
+	s.fetcher.errs["team-a/web"] = fault.New(fault.Unavailable, "aws_throttled", "throttled")
+	for range 3 {
+		s.b.GetSecrets(t.Context(), req("pod:team-a:web:web-2", "db"))
+	}
+	if n := s.fetcher.reads.Load(); n != 2+3 {
+		t.Errorf("AWS reads = %d, want 5 (throttling is not remembered)", n)
+	}
+}
+
+// TestPodReadBudget: a pod gets PodReadBurst AWS reads, then a refusal
+// naming the limit without an AWS call, and one more read each
+// PodReadInterval; cache hits cost nothing and other pods keep their own
+// budget.
+func TestPodReadBudget(t *testing.T) {
+	now := time.Unix(1000, 0)
+	var mu sync.Mutex
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	advance := func(d time.Duration) { mu.Lock(); now = now.Add(d); mu.Unlock() }
+	s := newSetup(t, annotate("loop", podsettings.AWSSecretName, "team-a/missing"), func(o *Options, _ *fakeChecker) {
+		o.Now = clock
+		o.PodReadBurst, o.PodReadInterval = 3, time.Minute
+	})
+	for range 3 {
+		if _, err := s.b.GetSecrets(t.Context(), req("pod:team-a:web:loop", "db")); fault.KindOf(err) != fault.NotFound {
+			t.Fatalf("err = %v, want NotFound", err)
+		}
+	}
+	for range 10 {
+		_, err := s.b.GetSecrets(t.Context(), req("pod:team-a:web:loop", "db"))
+		want := "pod team-a/loop has used its AWS reads: at most 3 at once and one more every 1m0s (the broker's --pod-aws-read-burst and --pod-aws-read-interval); retry later"
+		if fe := fault.As(err); fe.Kind != fault.Unavailable || fe.Reason != "aws_read_limit" || fe.Message != want {
+			t.Fatalf("err = %v (%v/%s), want Unavailable %q", err, fe.Kind, fe.Reason, want)
+		}
+	}
+	if n := s.fetcher.reads.Load(); n != 3 {
+		t.Errorf("AWS reads = %d, want 3 (the burst)", n)
+	}
+	// Another pod is not starved, and its cached reads cost nothing.
+	for range 10 {
+		if _, err := s.b.GetSecrets(t.Context(), req("pod:team-a:web:web-1", "db")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	advance(time.Minute)
+	if _, err := s.b.GetSecrets(t.Context(), req("pod:team-a:web:loop", "db")); fault.KindOf(err) != fault.NotFound {
+		t.Errorf("after one interval: %v, want one more read", err)
+	}
+	if _, err := s.b.GetSecrets(t.Context(), req("pod:team-a:web:loop", "db")); fault.ReasonOf(err) != "aws_read_limit" {
+		t.Errorf("second read after one interval: %v, want the limit", err)
+	}
+	if n := s.fetcher.reads.Load(); n != 3+1+1 {
+		t.Errorf("AWS reads = %d, want 5", n)
+	}
+}
+
+func TestReadBudgetIsBounded(t *testing.T) {
+	r := newReadBudget(1, time.Hour, time.Now)
+	for i := range maxBudgetPods + 100 {
+		r.take(string(rune(i)) + "pod")
+	}
+	if n := r.pods(); n != maxBudgetPods {
+		t.Errorf("pods remembered = %d, want %d", n, maxBudgetPods)
+	}
+	if newReadBudget(0, time.Second, time.Now) != nil || !(*readBudget)(nil).take("x") {
+		t.Error("a zero burst should set no limit")
+	}
+}
+
+// TestRegionsComeFromTheOperator: a region outside the broker's list is
+// refused naming the allowed ones, before any AWS call, however many are
+// tried; the allowed ones keep working.
+func TestRegionsComeFromTheOperator(t *testing.T) {
+	s := newSetup(t)
+	for i := range 100 {
+		pod := "fake-" + string(rune('a'+i%26)) + string(rune('a'+i/26))
+		region := "zz-fake-" + string(rune('0'+i%10))
+		annotate(pod, podsettings.AWSRegion, region)(nil, &fakeChecker{annotations: s.checker.annotations})
+		_, err := s.b.GetSecrets(t.Context(), req("pod:team-a:web:"+pod, "db"))
+		want := `region "` + region + `" is not served by this broker; it reads eu-west-3, us-east-1 (the operator's --aws-regions and its own region)`
+		if fe := fault.As(err); fe.Kind != fault.InvalidArgument || fe.Message != want {
+			t.Fatalf("err = %v, want InvalidArgument %q", err, want)
+		}
+	}
+	annotate("east", podsettings.AWSRegion, "us-east-1")(nil, &fakeChecker{annotations: s.checker.annotations})
+	for _, pod := range []string{"web-1", "east"} {
+		if _, err := s.b.GetSecrets(t.Context(), req("pod:team-a:web:"+pod, "db")); err != nil {
+			t.Errorf("%s: %v", pod, err)
+		}
+	}
+	if n := s.fetcher.reads.Load(); n != 2 {
+		t.Errorf("AWS reads = %d, want 2", n)
 	}
 }

@@ -93,6 +93,8 @@ func (b *Broker) Explain(ctx context.Context, req ExplainRequest) (Explanation, 
 	}
 	byName := b.opts.Rules.ByName(who, kind, src.Name())
 	switch {
+	case !byName.Allowed && !b.opts.Rules.ListMayGrant(who, src.Name()):
+		deny("%s; no %s pattern matches it, so no %s may grant it (refused without reading AWS)", byName.Reason, FlagAllowListGrants, policy.AllowedSAKey)
 	case s.EnforceServiceAccount:
 		deny("%s; enforce-service-account is on: the secret's %s must list %s (checked at request time)", byName.Reason, policy.AllowedSAKey, who)
 	case byName.Allowed:

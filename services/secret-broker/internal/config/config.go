@@ -10,6 +10,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -55,6 +56,18 @@ type Config struct {
 	SecretCacheTTL  time.Duration
 	SecretCacheSize int
 	StaleIfError    time.Duration
+	// SecretCacheBytes bounds the summed size of the cached values.
+	SecretCacheBytes int64
+	// NegativeCacheTTL is how long a not found, access denied or unservable
+	// answer of AWS is remembered per source; 0 remembers none.
+	NegativeCacheTTL time.Duration
+	// PodAWSReadBurst and PodAWSReadInterval limit the AWS reads one pod
+	// causes: a burst, then one more per interval. A burst of 0 sets no
+	// limit.
+	PodAWSReadBurst    int
+	PodAWSReadInterval time.Duration
+	// AWSRegions are the regions pods may name besides the broker's own.
+	AWSRegions []string
 	// RequestTimeout bounds one GetSecrets call, AWS retries included.
 	RequestTimeout time.Duration
 	// AWSReadTimeout bounds one AWS read: awssecrets.ReadTimeout of
@@ -87,6 +100,8 @@ func Load(args []string, lookup flagenv.Lookup, output io.Writer) (Config, error
 		smPolicy   string
 		ssmPolicy  string
 		lockedList string
+		regions    string
+		grants     string
 	)
 	fs := flag.NewFlagSet("secret-broker", flag.ContinueOnError)
 	fs.SetOutput(output)
@@ -106,6 +121,14 @@ func Load(args []string, lookup flagenv.Lookup, output io.Writer) (Config, error
 	fs.IntVar(&c.SecretCacheSize, "secret-cache-size", 1000, "secrets and SSM paths cached")
 	fs.DurationVar(&c.StaleIfError, "stale-if-error", DefaultStaleIfError, "how long past its TTL a cached secret may still be served when AWS fails, throttles or does not answer within one attempt (--aws-attempt-timeout); never for not found or access denied. "+
 		"The default hour keeps pods whose values were read in the last hour starting through an AWS outage that long; while AWS fails, a rotation or PIGGY_ALLOWED_SA change reaches them up to that much later. 0 disables")
+	c.SecretCacheBytes = DefaultSecretCacheBytes
+	fs.Var((*byteSize)(&c.SecretCacheBytes), "secret-cache-bytes", "most bytes of secret values (keys and values) the cache holds, e.g. 64Mi; the least recently used go first")
+	fs.DurationVar(&c.NegativeCacheTTL, "negative-cache-ttl", 30*time.Second, "how long an AWS answer of not found, access denied or content that cannot be served is remembered per secret or SSM path; a secret created meanwhile is seen at the latest this long after. 0 disables")
+	fs.IntVar(&c.PodAWSReadBurst, "pod-aws-read-burst", 10, "AWS reads one pod may cause at once (reads the cache answers cost nothing); past it the pod gets 503 naming this limit. 0 sets no limit")
+	fs.DurationVar(&c.PodAWSReadInterval, "pod-aws-read-interval", 6*time.Second, "a pod gets one more AWS read every interval, up to --pod-aws-read-burst")
+	fs.StringVar(&regions, "aws-regions", "", "comma-separated AWS regions pods may name with aws-region, besides the broker's own (AWS_REGION); any other is refused without an AWS call")
+	fs.StringVar(&grants, "allowed-sa-names", strings.Join(policy.DefaultAllowListGrants, ","),
+		"comma-separated Secrets Manager name and SSM path patterns whose PIGGY_ALLOWED_SA may grant pods outside their own policy ({namespace} and {serviceaccount} are the pod's, * matches anything); other names outside a pod's policy are refused without reading AWS. Empty: an allow-list can only restrict")
 	fs.DurationVar(&c.RequestTimeout, "request-timeout", 8*time.Second, "deadline of one GetSecrets request (keep it below piggy-env's 10s); the AWS read gets three quarters of it, the SDK's attempts and backoffs included, and the rest is left to answer, with a stale value if the read fails")
 	fs.IntVar(&c.AWSMaxAttempts, "aws-max-attempts", 3, "attempts per AWS call (throttling, 5xx and connection errors are retried with backoff and jitter)")
 	fs.DurationVar(&c.AWSMaxBackoff, "aws-max-backoff", time.Second, "longest backoff between AWS attempts")
@@ -138,12 +161,22 @@ func Load(args []string, lookup flagenv.Lookup, output io.Writer) (Config, error
 		}
 	}
 	c.Rules = policy.Rules{
-		SecretsManager: splitList(smPolicy),
-		SSM:            splitList(ssmPolicy),
-		DefaultPrefix:  c.Defaults.Values[podsettings.DefaultSecretNamePrefix],
-		DefaultSuffix:  c.Defaults.Values[podsettings.DefaultSecretNameSuffix],
+		SecretsManager:  splitList(smPolicy),
+		SSM:             splitList(ssmPolicy),
+		DefaultPrefix:   c.Defaults.Values[podsettings.DefaultSecretNamePrefix],
+		DefaultSuffix:   c.Defaults.Values[podsettings.DefaultSecretNameSuffix],
+		AllowListGrants: splitList(grants),
 	}
-	for _, p := range append(append([]string{}, c.Rules.SecretsManager...), c.Rules.SSM...) {
+	c.AWSRegions = splitList(regions)
+	for _, r := range c.AWSRegions {
+		if !awssecrets.ValidRegion(r) {
+			errs = append(errs, fmt.Errorf("--aws-regions: %q is not an AWS region", r))
+		}
+	}
+	if r := c.Defaults.Values[podsettings.AWSRegion]; r != "" && !awssecrets.ValidRegion(r) {
+		errs = append(errs, fmt.Errorf("AWS_REGION: %q is not an AWS region", r))
+	}
+	for _, p := range slices.Concat(c.Rules.SecretsManager, c.Rules.SSM, c.Rules.AllowListGrants) {
 		if err := policy.ValidatePattern(p); err != nil {
 			errs = append(errs, err)
 		}
@@ -156,7 +189,7 @@ func Load(args []string, lookup flagenv.Lookup, output io.Writer) (Config, error
 		d    time.Duration
 	}{
 		{"--token-cache-ttl", c.TokenCacheTTL}, {"--secret-cache-ttl", c.SecretCacheTTL}, {"--request-timeout", c.RequestTimeout},
-		{"--aws-max-backoff", c.AWSMaxBackoff},
+		{"--aws-max-backoff", c.AWSMaxBackoff}, {"--pod-aws-read-interval", c.PodAWSReadInterval},
 	}
 	for _, p := range positive {
 		if p.d <= 0 {
@@ -165,6 +198,15 @@ func Load(args []string, lookup flagenv.Lookup, output io.Writer) (Config, error
 	}
 	if c.StaleIfError < 0 {
 		errs = append(errs, errors.New("--stale-if-error must not be negative"))
+	}
+	if c.NegativeCacheTTL < 0 {
+		errs = append(errs, errors.New("--negative-cache-ttl must not be negative"))
+	}
+	if c.SecretCacheBytes < minSecretCacheBytes {
+		errs = append(errs, fmt.Errorf("--secret-cache-bytes must be at least %d (64Ki): one secret may be that large", minSecretCacheBytes))
+	}
+	if c.PodAWSReadBurst < 0 {
+		errs = append(errs, errors.New("--pod-aws-read-burst must not be negative (0 sets no limit)"))
 	}
 	if c.TokenCacheSize < 1 || c.SecretCacheSize < 1 {
 		errs = append(errs, errors.New("--token-cache-size and --secret-cache-size must be at least 1"))
@@ -185,6 +227,12 @@ func Load(args []string, lookup flagenv.Lookup, output io.Writer) (Config, error
 
 // DefaultStaleIfError is the default of --stale-if-error.
 const DefaultStaleIfError = time.Hour
+
+// DefaultSecretCacheBytes is the default of --secret-cache-bytes.
+const DefaultSecretCacheBytes = 64 << 20
+
+// minSecretCacheBytes is the largest Secrets Manager value (64 KiB).
+const minSecretCacheBytes = 64 << 10
 
 // minAttemptTimeout is the shortest AWS attempt timeout accepted, derived
 // or given: below it even a healthy AWS would not answer in time.
@@ -246,6 +294,41 @@ func (g *gcPercent) Set(s string) error {
 		return errors.New("want a positive percentage or off")
 	}
 	*g = gcPercent(n)
+	return nil
+}
+
+// byteSize is a flag.Value for a number of bytes: an integer with an
+// optional Ki, Mi or Gi suffix (KiB, MiB, GiB too).
+type byteSize int64
+
+func (b *byteSize) String() string {
+	if b == nil {
+		return "0"
+	}
+	for _, u := range []struct {
+		suffix string
+		shift  uint
+	}{{"Gi", 30}, {"Mi", 20}, {"Ki", 10}} {
+		if *b != 0 && int64(*b)%(1<<u.shift) == 0 {
+			return strconv.FormatInt(int64(*b)>>u.shift, 10) + u.suffix
+		}
+	}
+	return strconv.FormatInt(int64(*b), 10)
+}
+
+func (b *byteSize) Set(s string) error {
+	s = strings.TrimSuffix(strings.TrimSpace(s), "B")
+	shift := uint(0)
+	for suffix, sh := range map[string]uint{"Ki": 10, "Mi": 20, "Gi": 30} {
+		if strings.HasSuffix(s, suffix) {
+			s, shift = strings.TrimSuffix(s, suffix), sh
+		}
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n < 0 || n > (1<<62)>>shift {
+		return errors.New("want a number of bytes, optionally with Ki, Mi or Gi")
+	}
+	*b = byteSize(n << shift)
 	return nil
 }
 

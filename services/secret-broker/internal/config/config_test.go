@@ -26,7 +26,7 @@ func TestDefaults(t *testing.T) {
 	if c.TokenAudience != "piggy" || c.AllowUnboundTokens || !c.PodInformer || c.TokenCacheTTL != time.Minute || c.StaleIfError != time.Hour || c.RequestTimeout != 8*time.Second {
 		t.Errorf("defaults = %+v", c)
 	}
-	want := policy.Rules{SecretsManager: []string{"{namespace}/*"}, SSM: []string{"/{namespace}", "/{namespace}/*"}}
+	want := policy.Rules{SecretsManager: []string{"{namespace}/*"}, SSM: []string{"/{namespace}", "/{namespace}/*"}, AllowListGrants: []string{"*"}}
 	if diff := cmp.Diff(want, c.Rules); diff != "" {
 		t.Errorf("rules (-want +got):\n%s", diff)
 	}
@@ -45,7 +45,7 @@ func TestEnvironment(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := policy.Rules{SecretsManager: []string{"shared/*", "{namespace}/{serviceaccount}/*"}, DefaultPrefix: "prod/"}
+	want := policy.Rules{SecretsManager: []string{"shared/*", "{namespace}/{serviceaccount}/*"}, DefaultPrefix: "prod/", AllowListGrants: []string{"*"}}
 	if diff := cmp.Diff(want, c.Rules); diff != "" {
 		t.Errorf("rules (-want +got):\n%s", diff)
 	}
@@ -70,12 +70,52 @@ func TestInvalid(t *testing.T) {
 		{[]string{"--aws-max-attempts=0"}, nil, "--aws-max-attempts"},
 		{[]string{"--locked-settings=piggy-enforce-intgrity"}, nil, `"piggy-enforce-intgrity" is not a piggy annotation`},
 		{nil, map[string]string{"ALLOW_UNBOUND_TOKENS": "sometimes"}, `invalid value "sometimes" for ALLOW_UNBOUND_TOKENS`},
+		{[]string{"--aws-regions=eu-west-3,mars"}, nil, `--aws-regions: "mars" is not an AWS region`},
+		{nil, map[string]string{"AWS_REGION": "eu-west-3.evil"}, `AWS_REGION: "eu-west-3.evil" is not an AWS region`},
+		{[]string{"--negative-cache-ttl=-1s"}, nil, "--negative-cache-ttl"},
+		{[]string{"--secret-cache-bytes=1Ki"}, nil, "--secret-cache-bytes must be at least"},
+		{[]string{"--secret-cache-bytes=lots"}, nil, "number of bytes"},
+		{[]string{"--pod-aws-read-burst=-1"}, nil, "--pod-aws-read-burst"},
+		{[]string{"--pod-aws-read-interval=0s"}, nil, "--pod-aws-read-interval must be positive"},
+		{[]string{"--allowed-sa-names=shared/{ns}/*"}, nil, "placeholders"},
 	}
 	for _, tt := range tests {
 		_, err := load(tt.args, tt.env)
 		if err == nil || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("Load(%v, %v) = %v, want an error with %q", tt.args, tt.env, err, tt.want)
 		}
+	}
+}
+
+// TestAWSCostLimits: the defaults and parsing of the settings that bound
+// what pods can make the broker ask of AWS.
+func TestAWSCostLimits(t *testing.T) {
+	c, err := load(nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.NegativeCacheTTL != 30*time.Second || c.SecretCacheBytes != 64<<20 || c.PodAWSReadBurst != 10 || c.PodAWSReadInterval != 6*time.Second || len(c.AWSRegions) != 0 {
+		t.Errorf("defaults = %+v", c)
+	}
+	c, err = load([]string{"--secret-cache-bytes=256MiB", "--aws-regions= us-east-1, eu-central-1 ,", "--allowed-sa-names=shared/*,/shared/*", "--negative-cache-ttl=0s", "--pod-aws-read-burst=0"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.SecretCacheBytes != 256<<20 || c.NegativeCacheTTL != 0 || c.PodAWSReadBurst != 0 ||
+		!cmp.Equal(c.AWSRegions, []string{"us-east-1", "eu-central-1"}) || !cmp.Equal(c.Rules.AllowListGrants, []string{"shared/*", "/shared/*"}) {
+		t.Errorf("config = %+v", c)
+	}
+	if c, err = load([]string{"--allowed-sa-names="}, nil); err != nil || len(c.Rules.AllowListGrants) != 0 {
+		t.Errorf("empty --allowed-sa-names = %v, %v; want no grants", c.Rules.AllowListGrants, err)
+	}
+	for in, want := range map[string]int64{"1048576": 1 << 20, "64Ki": 64 << 10, "2Gi": 2 << 30, "3MiB": 3 << 20} {
+		var b byteSize
+		if err := b.Set(in); err != nil || int64(b) != want {
+			t.Errorf("Set(%q) = %d, %v; want %d", in, b, err, want)
+		}
+	}
+	if s := byteSize(256 << 20); s.String() != "256Mi" {
+		t.Errorf("String = %q, want 256Mi", s.String())
 	}
 }
 

@@ -19,6 +19,12 @@
 // When the secret has PIGGY_ALLOWED_SA, only the service accounts it lists
 // may read it, whatever the name. With enforce-service-account the list is
 // required.
+//
+// Only the allow-list can let a caller read a name outside its own rules,
+// and only a secret whose name matches one of the operator's
+// AllowListGrants patterns may use it so (ListMayGrant): for any other name
+// outside the caller's rules, the name alone decides, before the secret is
+// read.
 package policy
 
 import (
@@ -70,7 +76,15 @@ type Rules struct {
 	// DefaultPrefix and DefaultSuffix are the operator's parts of the
 	// default secret name.
 	DefaultPrefix, DefaultSuffix string
+	// AllowListGrants are the patterns of Secrets Manager names and SSM
+	// paths whose PIGGY_ALLOWED_SA may grant callers outside their own name
+	// rules ({namespace} and {serviceaccount} are the caller's); "*" is any
+	// name, none means an allow-list can only restrict.
+	AllowListGrants []string
 }
+
+// DefaultAllowListGrants lets the PIGGY_ALLOWED_SA of any secret grant it.
+var DefaultAllowListGrants = []string{"*"}
 
 // DefaultSecretsManagerPatterns keeps namespaces apart: a pod may read the
 // secrets named under its namespace.
@@ -124,13 +138,30 @@ func (r Rules) ByName(c Caller, kind Kind, name string) NameDecision {
 		return NameDecision{Allowed: true, Reason: fmt.Sprintf("%q is the default secret of %s", name, c)}
 	}
 	for _, p := range patterns {
-		expanded := strings.NewReplacer(NamespacePlaceholder, c.Namespace, ServiceAccountPlaceholder, c.ServiceAccount).Replace(p)
-		if glob.Match(expanded, name) {
+		if glob.Match(expand(p, c), name) {
 			return NameDecision{Allowed: true, Reason: fmt.Sprintf("%s %q matches the broker policy %q", kind, name, p)}
 		}
 	}
 	return NameDecision{Reason: fmt.Sprintf("%s %q is neither the default secret %q nor matched by the broker policy for namespace %q",
 		kind, name, r.DefaultName(c), c.Namespace)}
+}
+
+// ListMayGrant reports whether the PIGGY_ALLOWED_SA of the source named
+// name could let the caller read it although the name rules deny it. When
+// it cannot, the name rules' refusal is final and the secret need not be
+// read.
+func (r Rules) ListMayGrant(c Caller, name string) bool {
+	for _, p := range r.AllowListGrants {
+		if glob.Match(expand(p, c), name) {
+			return true
+		}
+	}
+	return false
+}
+
+// expand replaces the placeholders of a pattern with the caller's names.
+func expand(pattern string, c Caller) string {
+	return strings.NewReplacer(NamespacePlaceholder, c.Namespace, ServiceAccountPlaceholder, c.ServiceAccount).Replace(pattern)
 }
 
 // AllowList is a secret's PIGGY_ALLOWED_SA value.

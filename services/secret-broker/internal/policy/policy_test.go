@@ -154,3 +154,25 @@ func FuzzParseAllowList(f *testing.F) {
 		}
 	})
 }
+
+func TestListMayGrant(t *testing.T) {
+	tests := []struct {
+		grants []string
+		name   string
+		want   bool
+	}{
+		{DefaultAllowListGrants, "team-b/web", true},
+		{DefaultAllowListGrants, "/team-b/app", true},
+		{nil, "team-b/web", false},
+		{[]string{"shared/*"}, "shared/db", true},
+		{[]string{"shared/*"}, "team-b/web", false},
+		{[]string{"/shared/*"}, "/shared/app", true},
+		{[]string{"grants/{namespace}/*"}, "grants/team-a/db", true},
+		{[]string{"grants/{namespace}/*"}, "grants/team-b/db", false},
+	}
+	for _, tt := range tests {
+		if got := (Rules{AllowListGrants: tt.grants}).ListMayGrant(teamA, tt.name); got != tt.want {
+			t.Errorf("ListMayGrant(%q) with %q = %v, want %v", tt.name, tt.grants, got, tt.want)
+		}
+	}
+}
