@@ -163,8 +163,8 @@ type Fetcher struct {
 
 // FetcherOptions configure a Fetcher.
 type FetcherOptions struct {
-	// Regions are the regions the operator allows (at least one); a source
-	// in any other region is refused without an AWS call.
+	// Regions are the regions the operator allows; a source in any other
+	// region is refused without an AWS call.
 	Regions []string
 	Tracer  trace.Tracer
 	Meter   metric.Meter
@@ -198,7 +198,9 @@ func NewFetcher(clients ClientsFunc, opts FetcherOptions) (*Fetcher, error) {
 func ValidRegion(region string) bool { return regionPattern.MatchString(region) }
 
 // AllowedRegions returns the distinct non-empty regions, sorted. It
-// refuses a name that is not an AWS region, and an empty list.
+// refuses a name that is not an AWS region. None is a broker that cannot
+// read AWS (it still starts, and refuses every request naming the missing
+// setting).
 func AllowedRegions(regions ...string) ([]string, error) {
 	var out []string
 	for _, r := range regions {
@@ -210,9 +212,6 @@ func AllowedRegions(regions ...string) ([]string, error) {
 		}
 		out = append(out, r)
 	}
-	if len(out) == 0 {
-		return nil, errors.New("no AWS region allowed: set AWS_REGION or --aws-regions")
-	}
 	slices.Sort(out)
 	return out, nil
 }
@@ -222,6 +221,9 @@ func AllowedRegions(regions ...string) ([]string, error) {
 func RegionNotAllowed(region string, allowed []string) error {
 	if !ValidRegion(region) {
 		return fault.New(fault.InvalidArgument, "invalid_region", "%q is not an AWS region", region)
+	}
+	if len(allowed) == 0 {
+		return fault.New(fault.InvalidArgument, "invalid_region", "region %q is not served by this broker: it has no AWS region (AWS_REGION, --aws-regions)", region)
 	}
 	return fault.New(fault.InvalidArgument, "invalid_region", "region %q is not served by this broker; it reads %s (the operator's --aws-regions and its own region)",
 		region, strings.Join(allowed, ", "))

@@ -255,10 +255,17 @@ func TestClientsPerRegion(t *testing.T) {
 			t.Errorf("region %q: err = %v, want InvalidArgument", bad, err)
 		}
 	}
-	for _, bad := range [][]string{nil, {""}, {"eu-west-3", "mars"}} {
+	for _, bad := range [][]string{{"eu-west-3", "mars"}, {"eu-west-3.evil.example"}} {
 		if _, err := NewFetcher(func(string) Clients { return Clients{} }, FetcherOptions{Regions: bad}); err == nil {
 			t.Errorf("NewFetcher with regions %q: no error", bad)
 		}
+	}
+	none, err := NewFetcher(func(string) Clients { t.Error("clients made without a region"); return Clients{} }, FetcherOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := none.Fetch(t.Context(), Source{Region: "eu-west-3", SecretName: "x"}); fault.KindOf(err) != fault.InvalidArgument || !strings.Contains(err.Error(), "no AWS region") {
+		t.Errorf("a Fetcher without regions: %v, want InvalidArgument saying it has none", err)
 	}
 }
 

@@ -562,7 +562,7 @@ func TestOneRefusalOutsideTheRules(t *testing.T) {
 		"team-b/badlist": "PIGGY_ALLOWED_SA is not a string",
 		"team-b/nothing": "not found",
 		"team-b/denied":  "AWS does not let the broker read",
-		"team-b/raw":  "holds a binary value",
+		"team-b/raw":     "holds a binary value",
 	}
 	var first string
 	for name, detail := range details {
