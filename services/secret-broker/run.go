@@ -23,6 +23,7 @@ import (
 	"github.com/piggysec/piggy/services/secret-broker/internal/grpcapi"
 	"github.com/piggysec/piggy/services/secret-broker/internal/kubeclient"
 	"github.com/piggysec/piggy/services/secret-broker/internal/podcheck"
+	"github.com/piggysec/piggy/services/secret-broker/internal/throttle"
 )
 
 // streamWorkersPerProc sizes the gRPC stream worker pool per processor.
@@ -81,15 +82,25 @@ func wire(d *daemon.Daemon, cfg config.Config) error {
 		return err
 	}
 	d.Log.Info("AWS regions pods may name", "regions", regions)
-	authenticator, err := authn.New(kube.AuthenticationV1().TokenReviews(), authn.Options{
-		Audience:     cfg.TokenAudience,
-		AllowUnbound: cfg.AllowUnboundTokens,
-		CacheTTL:     cfg.TokenCacheTTL,
-		CacheSize:    cfg.TokenCacheSize,
-		Timeout:      cfg.RequestTimeout,
-		Log:          d.Log,
-		Tracer:       tracer,
-		Meter:        meter,
+	// TokenReviews have a client-go rate limiter of their own: a flood of
+	// tokens to review cannot hold up pod reads, nor the other way round.
+	reviews, err := kubeclient.NewTokenReviews(kubeclient.Options{
+		Kubeconfig: cfg.Kubeconfig, QPS: float32(cfg.TokenReviewQPS), Burst: cfg.TokenReviewBurst, UserAgent: "piggy-secret-broker/" + version,
+	})
+	if err != nil {
+		return err
+	}
+	authenticator, err := authn.New(reviews, authn.Options{
+		Audience:      cfg.TokenAudience,
+		AllowUnbound:  cfg.AllowUnboundTokens,
+		CacheTTL:      cfg.TokenCacheTTL,
+		CacheSize:     cfg.TokenCacheSize,
+		RejectionTTL:  cfg.TokenRejectionTTL,
+		RejectionSize: cfg.TokenRejectionCacheSize,
+		Timeout:       cfg.RequestTimeout,
+		Log:           d.Log,
+		Tracer:        tracer,
+		Meter:         meter,
 	})
 	if err != nil {
 		return err
@@ -143,7 +154,18 @@ func wire(d *daemon.Daemon, cfg config.Config) error {
 	if err != nil {
 		return err
 	}
-	secretbrokerv1.RegisterSecretBrokerServiceServer(grpcServer, grpcapi.New(b))
+	// Requests are admitted before authentication, per source and under
+	// one in-flight cap for both transports; the gateway admits its
+	// requests by the HTTP client's address, so the gRPC server lets the
+	// gateway's own connections through.
+	limiter, err := throttle.New(throttle.Options{
+		PerSourceRate: cfg.PerSourceRate, PerSourceBurst: cfg.PerSourceBurst, MaxInFlight: cfg.MaxInFlight, Log: d.Log, Meter: meter,
+	})
+	if err != nil {
+		return err
+	}
+	forwarders := throttle.NewForwarders()
+	secretbrokerv1.RegisterSecretBrokerServiceServer(grpcServer, grpcapi.New(b, grpcapi.Options{Limiter: limiter, Forwarders: forwarders}))
 	health.SetServingStatus(secretbrokerv1.SecretBrokerService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
 	// The gRPC listener is opened here rather than by d.ServeGRPC: the
 	// gateway needs its actual address to dial it.
@@ -164,12 +186,12 @@ func wire(d *daemon.Daemon, cfg config.Config) error {
 		}
 	}()
 
-	conn, err := gateway.Dial(gateway.LoopbackTarget(grpcLn.Addr()), d.TLS.ClientConfig(cfg.GatewayTLSServerName))
+	conn, err := gateway.Dial(gateway.LoopbackTarget(grpcLn.Addr()), d.TLS.ClientConfig(cfg.GatewayTLSServerName), forwarders)
 	if err != nil {
 		return err
 	}
 	mux := serve.Probes(d.Ready)
-	if err := gateway.Register(d.Context(), mux, conn); err != nil {
+	if err := gateway.Register(d.Context(), mux, conn, limiter); err != nil {
 		_ = conn.Close()
 		return err
 	}

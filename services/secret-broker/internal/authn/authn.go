@@ -6,9 +6,11 @@
 // Results are cached by the SHA-256 of the token, no longer than the token
 // is valid (its "exp" claim, read without verifying: the apiserver has just
 // verified it) and no longer than a configured maximum. Concurrent reviews
-// of one token are coalesced. Rejections are not cached. The pod itself is
-// read on every request by the caller, so a cached review of a deleted pod
-// never lets it through.
+// of one token are coalesced. Rejections by the apiserver are remembered
+// briefly, by the same hash, so a junk token sent again costs no
+// TokenReview; failures to get an answer are not. The pod itself is read on
+// every request by the caller, so a cached review of a deleted pod never
+// lets it through.
 package authn
 
 import (
@@ -77,6 +79,11 @@ type Options struct {
 	CacheTTL time.Duration
 	// CacheSize is the number of reviews cached.
 	CacheSize int
+	// RejectionTTL is how long a token the apiserver rejected is refused
+	// without another review; RejectionSize bounds those entries. Either
+	// at 0 turns the rejection cache off.
+	RejectionTTL  time.Duration
+	RejectionSize int
 	// Timeout bounds one TokenReview call.
 	Timeout time.Duration
 	// Log receives the warnings about unbound tokens.
@@ -93,7 +100,10 @@ type Authenticator struct {
 	reviewer TokenReviewer
 	opts     Options
 	cache    *cache.Cache[Identity]
+	rejected *rejections
 	latency  metric.Float64Histogram
+	// rejectedHits counts requests refused from the rejection cache.
+	rejectedHits metric.Int64Counter
 }
 
 // New returns an Authenticator using reviewer.
@@ -112,7 +122,14 @@ func New(reviewer TokenReviewer, opts Options) (*Authenticator, error) {
 	}
 	a := &Authenticator{reviewer: reviewer, opts: opts}
 	a.cache = cache.New[Identity](cache.Options{Capacity: opts.CacheSize, TTL: opts.CacheTTL, LoadTimeout: opts.Timeout, Now: opts.Now})
+	a.rejected = newRejections(opts.RejectionSize, opts.RejectionTTL, opts.Now)
 	if opts.Meter != nil {
+		c, err := opts.Meter.Int64Counter("piggy_secret_broker_token_rejections_cached",
+			metric.WithDescription("Tokens refused without a TokenReview because the apiserver rejected the same token (by hash) shortly before."))
+		if err != nil {
+			return nil, err
+		}
+		a.rejectedHits = c
 		h, err := opts.Meter.Float64Histogram("piggy_secret_broker_tokenreview_duration",
 			metric.WithUnit("s"),
 			metric.WithDescription("Latency of TokenReview calls to the Kubernetes API, by result (authenticated, rejected, error)."),
@@ -145,6 +162,13 @@ func (a *Authenticator) Authenticate(ctx context.Context, token string) (Identit
 	id, cached := a.cache.Cached(key)
 	res := cache.Hit
 	if !cached {
+		if fe, ok := a.rejected.get(sum); ok {
+			if a.rejectedHits != nil {
+				a.rejectedHits.Add(ctx, 1)
+			}
+			again := *fe
+			return Identity{}, cache.Hit, &again
+		}
 		if err := a.precheck(token); err != nil {
 			return Identity{}, cache.Miss, err
 		}
@@ -155,6 +179,11 @@ func (a *Authenticator) Authenticate(ctx context.Context, token string) (Identit
 		if err != nil {
 			if ctx.Err() != nil {
 				return Identity{}, res, fault.Wrap(ctx.Err(), fault.Unavailable, "canceled", "the token review did not finish in time")
+			}
+			// The apiserver's answer was "no" (not "could not tell"):
+			// the same token gets the same answer without asking again.
+			if fe := fault.As(err); fe.Kind == fault.Unauthenticated {
+				a.rejected.add(sum, fe)
 			}
 			return Identity{}, res, err
 		}

@@ -319,3 +319,102 @@ func FuzzExpiry(f *testing.F) {
 		}
 	})
 }
+
+func TestRejectionsAreCachedBriefly(t *testing.T) {
+	clk := &fixedClock{t: time.Now()}
+	junk := jwt(clk.t.Add(time.Hour)) + "forged"
+	good := jwt(clk.t.Add(time.Hour))
+	r := &fakeReviewer{answers: map[string]authenticationv1.TokenReviewStatus{
+		junk: {Authenticated: false, Error: "invalid bearer token"},
+		good: boundStatus("team-a", "web", "web-1", "uid-1"),
+	}}
+	a := newAuth(t, r, clk, func(o *Options) { o.RejectionTTL, o.RejectionSize = 10*time.Second, 100 })
+	first, _, err := a.Authenticate(t.Context(), junk)
+	if fault.ReasonOf(err) != "token_invalid" {
+		t.Fatalf("junk token: %v, %v", first, err)
+	}
+	for range 50 {
+		_, _, again := a.Authenticate(t.Context(), junk)
+		if fault.ReasonOf(again) != "token_invalid" || fault.As(again).Message != fault.As(err).Message {
+			t.Fatalf("cached rejection = %v, want the same refusal as the first (%v)", again, err)
+		}
+	}
+	if n := r.calls.Load(); n != 1 {
+		t.Errorf("TokenReviews for one junk token sent 51 times = %d, want 1", n)
+	}
+	// Another token is reviewed.
+	if _, _, err := a.Authenticate(t.Context(), good); err != nil {
+		t.Fatal(err)
+	}
+	// Briefly: after the TTL the token is reviewed again.
+	clk.advance(10 * time.Second)
+	if _, _, err := a.Authenticate(t.Context(), junk); fault.ReasonOf(err) != "token_invalid" {
+		t.Fatal(err)
+	}
+	if n := r.calls.Load(); n != 3 {
+		t.Errorf("TokenReviews after the rejection expired = %d, want 3", n)
+	}
+}
+
+func TestRejectionCacheKeepsNoTokenAndIsBounded(t *testing.T) {
+	clk := &fixedClock{t: time.Now()}
+	r := &fakeReviewer{answers: map[string]authenticationv1.TokenReviewStatus{}}
+	a := newAuth(t, r, clk, func(o *Options) { o.RejectionTTL, o.RejectionSize = time.Minute, 8 })
+	var tokens []string
+	for i := range 20 {
+		tok := jwt(clk.t.Add(time.Hour)) + fmt.Sprint(i)
+		tokens = append(tokens, tok)
+		if _, _, err := a.Authenticate(t.Context(), tok); fault.ReasonOf(err) != "token_invalid" {
+			t.Fatal(err)
+		}
+	}
+	if n := a.rejected.len(); n != 8 {
+		t.Errorf("rejections held = %d, want the bound 8", n)
+	}
+	// The oldest were dropped, the newest are still refused without a review.
+	before := r.calls.Load()
+	for _, tok := range tokens[12:] {
+		a.Authenticate(t.Context(), tok)
+	}
+	if r.calls.Load() != before {
+		t.Errorf("the newest 8 rejections were reviewed again")
+	}
+	a.Authenticate(t.Context(), tokens[0])
+	if r.calls.Load() != before+1 {
+		t.Errorf("the oldest rejection was not dropped")
+	}
+	// Keys are hashes: no token, or a part of one, is held in clear.
+	a.rejected.mu.Lock()
+	defer a.rejected.mu.Unlock()
+	for key, e := range a.rejected.entries {
+		for _, tok := range tokens {
+			if strings.Contains(string(key[:]), strings.Split(tok, ".")[1][:16]) || strings.Contains(e.err.Error(), tok) {
+				t.Fatal("a rejection entry holds the token")
+			}
+		}
+	}
+}
+
+func TestFailuresToAnswerAreNotCachedAsRejections(t *testing.T) {
+	clk := &fixedClock{t: time.Now()}
+	tok := jwt(clk.t.Add(time.Hour))
+	r := &fakeReviewer{err: apierrors.NewTooManyRequests("slow down", 1)}
+	a := newAuth(t, r, clk, func(o *Options) { o.RejectionTTL, o.RejectionSize = time.Minute, 100 })
+	if _, _, err := a.Authenticate(t.Context(), tok); fault.KindOf(err) != fault.Unavailable {
+		t.Fatal(err)
+	}
+	// The apiserver recovers: the same token is reviewed and accepted.
+	r.err = nil
+	r.answers = map[string]authenticationv1.TokenReviewStatus{tok: boundStatus("team-a", "web", "p", "u")}
+	if _, _, err := a.Authenticate(t.Context(), tok); err != nil {
+		t.Errorf("after an unavailable apiserver: %v, want the token accepted", err)
+	}
+	// Off when not configured.
+	off := newAuth(t, &fakeReviewer{}, clk)
+	for range 3 {
+		off.Authenticate(t.Context(), tok)
+	}
+	if off.rejected != nil {
+		t.Error("rejection cache on without a TTL and size")
+	}
+}

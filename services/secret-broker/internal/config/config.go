@@ -36,9 +36,14 @@ type Config struct {
 
 	// Kubeconfig is a kubeconfig file; empty uses the in-cluster config.
 	Kubeconfig string
-	// KubeQPS and KubeBurst bound the broker's Kubernetes API request rate.
+	// KubeQPS and KubeBurst bound the broker's Kubernetes API request rate
+	// for pod reads (and the informer's list and watch).
 	KubeQPS   float64
 	KubeBurst int
+	// TokenReviewQPS and TokenReviewBurst bound TokenReviews, with a
+	// client-go rate limiter of their own.
+	TokenReviewQPS   float64
+	TokenReviewBurst int
 	// PodInformer keeps a watch-fed cache of pods (needs list and watch).
 	PodInformer bool
 
@@ -50,6 +55,20 @@ type Config struct {
 	// expiry caps it too); TokenCacheSize bounds the entries.
 	TokenCacheTTL  time.Duration
 	TokenCacheSize int
+	// TokenRejectionTTL is how long a token the apiserver rejected is
+	// refused without another TokenReview (by its SHA-256);
+	// TokenRejectionCacheSize bounds those entries. 0 turns it off.
+	TokenRejectionTTL       time.Duration
+	TokenRejectionCacheSize int
+
+	// PerSourceRate and PerSourceBurst limit the GetSecrets requests of one
+	// source (the caller's IP address) before authentication; a rate of 0
+	// turns the limit off. MaxInFlight caps the requests in the broker at
+	// once (0: no cap). Refusals are RESOURCE_EXHAUSTED / HTTP 429 with a
+	// retry hint.
+	PerSourceRate  float64
+	PerSourceBurst int
+	MaxInFlight    int
 
 	// SecretCacheTTL, SecretCacheSize and StaleIfError configure the cache
 	// of AWS reads.
@@ -110,13 +129,21 @@ func Load(args []string, lookup flagenv.Lookup, output io.Writer) (Config, error
 	fs.StringVar(&c.GRPCAddress, "grpc-address", ":9443", "mTLS gRPC address of SecretBrokerService, health and reflection")
 	fs.StringVar(&c.GatewayTLSServerName, "gateway-tls-server-name", "", "name the gateway verifies the broker's own certificate for on its loopback gRPC connection; empty checks the chain against --tls-ca-file only (the certificate needs client and server usages)")
 	fs.StringVar(&c.Kubeconfig, "kubeconfig", "", "kubeconfig file; empty uses the in-cluster configuration")
-	fs.Float64Var(&c.KubeQPS, "kube-api-qps", 200, "sustained Kubernetes API requests per second (TokenReviews and pod reads); a rollout of N new pods costs N TokenReviews")
-	fs.IntVar(&c.KubeBurst, "kube-api-burst", 400, "burst of Kubernetes API requests")
+	fs.Float64Var(&c.KubeQPS, "kube-api-qps", 200, "sustained Kubernetes API requests per second for pod reads (and the pod informer's list and watch); TokenReviews have their own, --token-review-qps")
+	fs.IntVar(&c.KubeBurst, "kube-api-burst", 400, "burst of Kubernetes API requests for pod reads")
+	fs.Float64Var(&c.TokenReviewQPS, "token-review-qps", 200, "sustained TokenReviews per second, with a rate limiter of their own so that reviews and pod reads cannot starve each other; a rollout of N new pods costs N TokenReviews")
+	fs.IntVar(&c.TokenReviewBurst, "token-review-burst", 400, "burst of TokenReviews")
 	fs.BoolVar(&c.PodInformer, "pod-informer", true, "keep a watch-fed cache of pods (needs list and watch on pods); otherwise every request reads its pod with GET")
 	fs.StringVar(&c.TokenAudience, "token-audience", "piggy", "audience the projected service account tokens must have (the admission-gateway's --token-audience)")
 	fs.BoolVar(&c.AllowUnboundTokens, "allow-unbound-tokens", false, "accept tokens that are not bound to a pod, finding the pod by container UID (migration only; logged as a warning)")
 	fs.DurationVar(&c.TokenCacheTTL, "token-cache-ttl", time.Minute, "longest a TokenReview result is cached (never past the token's expiry)")
 	fs.IntVar(&c.TokenCacheSize, "token-cache-size", 10000, "TokenReview results cached")
+	fs.DurationVar(&c.TokenRejectionTTL, "token-rejection-ttl", 10*time.Second, "how long a token the Kubernetes API rejected is refused again without a TokenReview (kept by its SHA-256, never in clear); 0 disables")
+	fs.IntVar(&c.TokenRejectionCacheSize, "token-rejection-cache-size", 10000, "rejected tokens remembered (32 bytes of hash and one refusal each); the oldest are forgotten first")
+	fs.Float64Var(&c.PerSourceRate, "per-source-rate", 20, "GetSecrets requests per second admitted from one IP address before authentication (a pod makes one per container start); more get RESOURCE_EXHAUSTED / HTTP 429 with a retry hint, which piggy-env honours. "+
+		"Callers behind one NAT or proxy share one budget; 0 disables")
+	fs.IntVar(&c.PerSourceBurst, "per-source-burst", 50, "GetSecrets requests one IP address may make at once")
+	fs.IntVar(&c.MaxInFlight, "max-in-flight", 1024, "GetSecrets requests the broker works on at once, over HTTPS and gRPC; more get RESOURCE_EXHAUSTED / HTTP 429 with a retry hint; 0 disables")
 	fs.DurationVar(&c.SecretCacheTTL, "secret-cache-ttl", time.Minute, "how long AWS reads are cached; rotations show up within this time")
 	fs.IntVar(&c.SecretCacheSize, "secret-cache-size", 1000, "secrets and SSM paths cached")
 	fs.DurationVar(&c.StaleIfError, "stale-if-error", DefaultStaleIfError, "how long past its TTL a cached secret may still be served when AWS fails, throttles or does not answer within one attempt (--aws-attempt-timeout); never for not found or access denied. "+
@@ -208,6 +235,15 @@ func Load(args []string, lookup flagenv.Lookup, output io.Writer) (Config, error
 	if c.PodAWSReadBurst < 0 {
 		errs = append(errs, errors.New("--pod-aws-read-burst must not be negative (0 sets no limit)"))
 	}
+	if c.TokenRejectionTTL < 0 || c.TokenRejectionCacheSize < 0 {
+		errs = append(errs, errors.New("--token-rejection-ttl and --token-rejection-cache-size must not be negative (0 disables)"))
+	}
+	if c.PerSourceRate < 0 || c.MaxInFlight < 0 {
+		errs = append(errs, errors.New("--per-source-rate and --max-in-flight must not be negative (0 disables)"))
+	}
+	if c.PerSourceRate > 0 && c.PerSourceBurst < 1 {
+		errs = append(errs, errors.New("--per-source-burst must be at least 1"))
+	}
 	if c.TokenCacheSize < 1 || c.SecretCacheSize < 1 {
 		errs = append(errs, errors.New("--token-cache-size and --secret-cache-size must be at least 1"))
 	}
@@ -218,6 +254,9 @@ func Load(args []string, lookup flagenv.Lookup, output io.Writer) (Config, error
 	}
 	if c.KubeQPS <= 0 || c.KubeBurst < 1 {
 		errs = append(errs, errors.New("--kube-api-qps must be positive and --kube-api-burst at least 1"))
+	}
+	if c.TokenReviewQPS <= 0 || c.TokenReviewBurst < 1 {
+		errs = append(errs, errors.New("--token-review-qps must be positive and --token-review-burst at least 1"))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return Config{}, &daemon.UsageError{Err: err}

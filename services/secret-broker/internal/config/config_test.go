@@ -30,6 +30,21 @@ func TestDefaults(t *testing.T) {
 	if diff := cmp.Diff(want, c.Rules); diff != "" {
 		t.Errorf("rules (-want +got):\n%s", diff)
 	}
+	limits := []any{c.KubeQPS, c.KubeBurst, c.TokenReviewQPS, c.TokenReviewBurst, c.TokenRejectionTTL, c.TokenRejectionCacheSize, c.PerSourceRate, c.PerSourceBurst, c.MaxInFlight}
+	wantLimits := []any{200.0, 400, 200.0, 400, 10 * time.Second, 10000, 20.0, 50, 1024}
+	if diff := cmp.Diff(wantLimits, limits); diff != "" {
+		t.Errorf("limits (-want +got):\n%s", diff)
+	}
+}
+
+func TestLimitsCanBeTurnedOff(t *testing.T) {
+	c, err := load([]string{"--per-source-rate=0", "--max-in-flight=0", "--token-rejection-ttl=0"}, map[string]string{"TOKEN_REVIEW_QPS": "5", "TOKEN_REVIEW_BURST": "7"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.PerSourceRate != 0 || c.MaxInFlight != 0 || c.TokenRejectionTTL != 0 || c.TokenReviewQPS != 5 || c.TokenReviewBurst != 7 {
+		t.Errorf("config = %+v", c)
+	}
 }
 
 func TestEnvironment(t *testing.T) {
@@ -68,6 +83,11 @@ func TestInvalid(t *testing.T) {
 		{[]string{"--secret-cache-ttl=0s"}, nil, "--secret-cache-ttl must be positive"},
 		{[]string{"--stale-if-error=-1s"}, nil, "--stale-if-error"},
 		{[]string{"--aws-max-attempts=0"}, nil, "--aws-max-attempts"},
+		{[]string{"--per-source-rate=-1"}, nil, "--per-source-rate"},
+		{[]string{"--per-source-burst=0"}, nil, "--per-source-burst must be at least 1"},
+		{[]string{"--max-in-flight=-5"}, nil, "--max-in-flight"},
+		{[]string{"--token-review-qps=0"}, nil, "--token-review-qps must be positive"},
+		{[]string{"--token-rejection-ttl=-1s"}, nil, "--token-rejection-ttl"},
 		{[]string{"--locked-settings=piggy-enforce-intgrity"}, nil, `"piggy-enforce-intgrity" is not a piggy annotation`},
 		{nil, map[string]string{"ALLOW_UNBOUND_TOKENS": "sometimes"}, `invalid value "sometimes" for ALLOW_UNBOUND_TOKENS`},
 		{[]string{"--aws-regions=eu-west-3,mars"}, nil, `--aws-regions: "mars" is not an AWS region`},

@@ -7,6 +7,12 @@
 // JSON uses protojson with lowerCamelCase names: {"containerUid",
 // "signature","keys"} in, {"values","missingKeys","sourceName"} out, errors
 // as {"code","message","details"} with the HTTP status of the gRPC code.
+//
+// Each request is admitted (throttle) by the HTTP client's address before
+// its body is read; the gRPC server does not admit the gateway's own
+// connections again (throttle.Forwarders). A refusal, the gateway's or the
+// gRPC server's, is HTTP 429 with a Retry-After header (whole seconds) and
+// the google.rpc.RetryInfo detail in the body.
 package gateway
 
 import (
@@ -20,6 +26,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"time"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"google.golang.org/grpc"
@@ -31,6 +38,8 @@ import (
 	secretbrokerv1 "github.com/piggysec/piggy/libs/gen/piggy/secretbroker/v1"
 	"github.com/piggysec/piggy/libs/serve"
 	"github.com/piggysec/piggy/libs/telemetry"
+	"github.com/piggysec/piggy/services/secret-broker/internal/grpcapi"
+	"github.com/piggysec/piggy/services/secret-broker/internal/throttle"
 )
 
 // MaxBodyBytes bounds a request body.
@@ -38,20 +47,26 @@ const MaxBodyBytes = 64 << 10
 
 // Dial returns a lazy gRPC client connection to target over TLS (the
 // broker's own client certificate makes it mTLS) that passes the trace
-// context on to the server.
+// context on to the server. Its connections are made by forwarders, so
+// the gRPC server knows them; nil dials plainly.
 //
 // The loopback hop has no client span or metrics of its own: the
 // gateway's HTTP server span and the gRPC server's span (with its
 // metrics) already cover it, and a second set of instruments would cost
 // more than the hop itself.
-func Dial(target string, tlsConfig *tls.Config) (*grpc.ClientConn, error) {
-	conn, err := grpc.NewClient(target,
+func Dial(target string, tlsConfig *tls.Config, forwarders *throttle.Forwarders) (*grpc.ClientConn, error) {
+	opts := []grpc.DialOption{
 		grpc.WithTransportCredentials(credentials.NewTLS(tlsConfig)),
 		grpc.WithChainUnaryInterceptor(propagate, hideTransport),
 		// Fixed windows turn off grpc-go's bandwidth estimation, whose
 		// pings are pure overhead for small messages on loopback.
 		grpc.WithInitialWindowSize(windowSize),
-		grpc.WithInitialConnWindowSize(windowSize))
+		grpc.WithInitialConnWindowSize(windowSize),
+	}
+	if forwarders != nil {
+		opts = append(opts, grpc.WithContextDialer(forwarders.Dial))
+	}
+	conn, err := grpc.NewClient(target, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("gateway: dial %s: %w", target, err)
 	}
@@ -82,9 +97,11 @@ func LoopbackTarget(addr net.Addr) string {
 	return net.JoinHostPort(ip.String(), strconv.Itoa(tcp.Port))
 }
 
-// Register adds POST /v1/secrets, served over conn, to mux.
-func Register(ctx context.Context, mux *http.ServeMux, conn *grpc.ClientConn) error {
+// Register adds POST /v1/secrets, served over conn, to mux. Requests are
+// admitted by limiter (nil admits all) under the HTTP client's address.
+func Register(ctx context.Context, mux *http.ServeMux, conn *grpc.ClientConn, limiter *throttle.Limiter) error {
 	gw := runtime.NewServeMux(
+		runtime.WithErrorHandler(errorHandler),
 		// Only the Authorization header (which grpc-gateway always forwards
 		// as "authorization") reaches the broker: clients cannot inject
 		// other metadata (Grpc-Metadata-*), and requests stay small.
@@ -98,6 +115,15 @@ func Register(ctx context.Context, mux *http.ServeMux, conn *grpc.ClientConn) er
 		return fmt.Errorf("gateway: register: %w", err)
 	}
 	mux.Handle("POST /v1/secrets", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if limiter != nil {
+			release, refused := limiter.Admit(r.Context(), throttle.SourceOf(r.RemoteAddr), "https")
+			if refused != nil {
+				_, out := runtime.MarshalerForRequest(gw, r)
+				runtime.HTTPError(r.Context(), gw, out, w, r, grpcapi.Throttled(refused))
+				return
+			}
+			defer release()
+		}
 		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBodyBytes))
 		if err != nil {
 			var tooBig *http.MaxBytesError
@@ -112,6 +138,17 @@ func Register(ctx context.Context, mux *http.ServeMux, conn *grpc.ClientConn) er
 		gw.ServeHTTP(w, r)
 	}))
 	return nil
+}
+
+// errorHandler is grpc-gateway's default error handler that also sets
+// Retry-After, in whole seconds rounded up, from a status's RetryInfo.
+func errorHandler(ctx context.Context, mux *runtime.ServeMux, m runtime.Marshaler, w http.ResponseWriter, r *http.Request, err error) {
+	if st, ok := status.FromError(err); ok {
+		if d, ok := grpcapi.RetryAfter(st); ok {
+			w.Header().Set("Retry-After", strconv.FormatInt(int64(max((d+time.Second-1)/time.Second, 1)), 10))
+		}
+	}
+	runtime.DefaultHTTPErrorHandler(ctx, mux, m, w, r, err)
 }
 
 // writeError answers in grpc-gateway's error shape ({"code","message",

@@ -30,18 +30,24 @@ import (
 	"github.com/piggysec/piggy/services/secret-broker/internal/cache"
 	"github.com/piggysec/piggy/services/secret-broker/internal/fault"
 	"github.com/piggysec/piggy/services/secret-broker/internal/grpcapi"
+	"github.com/piggysec/piggy/services/secret-broker/internal/throttle"
 )
 
-// fakeBroker answers by token: "ok" succeeds, "<kind>" fails with that kind.
+// fakeBroker answers by token: "ok" succeeds, "<kind>" fails with that kind,
+// "hold" waits for hold to close, then succeeds.
 type fakeBroker struct {
 	got chan broker.Request
 	// traces receives the trace ID of each request's context.
 	traces chan trace.TraceID
+	hold   chan struct{}
 }
 
 func (f *fakeBroker) GetSecrets(ctx context.Context, r broker.Request) (broker.Response, error) {
 	f.traces <- trace.SpanContextFromContext(ctx).TraceID()
 	f.got <- r
+	if r.Token == "hold" {
+		<-f.hold
+	}
 	kinds := map[string]fault.Kind{
 		"invalid": fault.InvalidArgument, "precondition": fault.FailedPrecondition, "": fault.Unauthenticated,
 		"denied": fault.PermissionDenied, "missing": fault.NotFound, "down": fault.Unavailable, "bug": fault.Internal,
@@ -62,11 +68,13 @@ type env struct {
 	fb       *fakeBroker
 	grpcAddr string
 	dir      string
+	src      *tlsreload.Source
 }
 
 // start serves the real gRPC API (mTLS) with a fake broker and the gateway
-// (HTTPS) dialing it over loopback, as run.go wires them.
-func start(t *testing.T) *env {
+// (HTTPS) dialing it over loopback, as run.go wires them; with a limiter
+// both admit requests with it, as in run.go.
+func start(t *testing.T, limiter ...*throttle.Limiter) *env {
 	t.Helper()
 	ca, err := testca.New("gateway test CA")
 	if err != nil {
@@ -81,12 +89,17 @@ func start(t *testing.T) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fb := &fakeBroker{got: make(chan broker.Request, 10), traces: make(chan trace.TraceID, 10)}
+	fb := &fakeBroker{got: make(chan broker.Request, 10), traces: make(chan trace.TraceID, 10), hold: make(chan struct{})}
+	var lim *throttle.Limiter
+	var forwarders *throttle.Forwarders
+	if len(limiter) > 0 {
+		lim, forwarders = limiter[0], throttle.NewForwarders()
+	}
 	gs, health, err := serve.NewGRPCServer(serve.GRPCOptions{TLS: src.ServerConfig(true), Logger: slog.New(slog.DiscardHandler), Callers: serve.AnyVerifiedClient()})
 	if err != nil {
 		t.Fatal(err)
 	}
-	secretbrokerv1.RegisterSecretBrokerServiceServer(gs, grpcapi.New(fb))
+	secretbrokerv1.RegisterSecretBrokerServiceServer(gs, grpcapi.New(fb, grpcapi.Options{Limiter: lim, Forwarders: forwarders}))
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -96,22 +109,29 @@ func start(t *testing.T) *env {
 	go func() { done <- serve.GRPC(ctx, gs, health, ln, time.Second) }()
 	t.Cleanup(func() { cancel(); <-done })
 
-	conn, err := Dial(LoopbackTarget(ln.Addr()), src.ClientConfig(""))
+	conn, err := Dial(LoopbackTarget(ln.Addr()), src.ClientConfig(""), forwarders)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
 	mux := http.NewServeMux()
-	if err := Register(t.Context(), mux, conn); err != nil {
+	if err := Register(t.Context(), mux, conn, lim); err != nil {
 		t.Fatal(err)
 	}
 	// The trace middleware of serve.NewHTTPServer, which run.go uses.
 	hs := httptest.NewTLSServer(otelhttp.NewHandler(mux, "gateway"))
 	t.Cleanup(hs.Close)
-	return &env{url: hs.URL, client: hs.Client(), fb: fb, grpcAddr: ln.Addr().String(), dir: dir}
+	return &env{url: hs.URL, client: hs.Client(), fb: fb, grpcAddr: ln.Addr().String(), dir: dir, src: src}
 }
 
 func (e *env) post(t *testing.T, auth, body string) (int, map[string]any) {
+	t.Helper()
+	code, _, out := e.postHeader(t, auth, body)
+	return code, out
+}
+
+// postHeader is post that also returns the response headers.
+func (e *env) postHeader(t *testing.T, auth, body string) (int, http.Header, map[string]any) {
 	t.Helper()
 	req, err := http.NewRequestWithContext(t.Context(), http.MethodPost, e.url+"/v1/secrets", strings.NewReader(body))
 	if err != nil {
@@ -131,7 +151,7 @@ func (e *env) post(t *testing.T, auth, body string) (int, map[string]any) {
 	if err := json.Unmarshal(data, &out); err != nil {
 		t.Fatalf("body %q: %v", data, err)
 	}
-	return resp.StatusCode, out
+	return resp.StatusCode, resp.Header, out
 }
 
 func TestGatewayJSON(t *testing.T) {
@@ -263,7 +283,7 @@ func TestGRPCRequiresClientCertificate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	conn, err := Dial(e.grpcAddr, caOnly.ClientConfig("127.0.0.1"))
+	conn, err := Dial(e.grpcAddr, caOnly.ClientConfig("127.0.0.1"), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -291,13 +311,13 @@ func TestGatewayHidesItsOwnAddress(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	conn, err := Dial(closed, src.ClientConfig(""))
+	conn, err := Dial(closed, src.ClientConfig(""), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
 	mux := http.NewServeMux()
-	if err := Register(t.Context(), mux, conn); err != nil {
+	if err := Register(t.Context(), mux, conn, nil); err != nil {
 		t.Fatal(err)
 	}
 	hs := httptest.NewTLSServer(mux)
@@ -310,5 +330,119 @@ func TestGatewayHidesItsOwnAddress(t *testing.T) {
 	}
 	if strings.Contains(msg, "127.0.0.1") || strings.Contains(msg, "dial") {
 		t.Errorf("message %q names the broker's internals", msg)
+	}
+}
+
+// retryDelay is the RetryInfo detail of a grpc-gateway error body.
+func retryDelay(body map[string]any) string {
+	details, _ := body["details"].([]any)
+	for _, d := range details {
+		m, _ := d.(map[string]any)
+		if m["@type"] == "type.googleapis.com/google.rpc.RetryInfo" {
+			s, _ := m["retryDelay"].(string)
+			return s
+		}
+	}
+	return ""
+}
+
+// TestGatewayThrottlesPerSource: past its burst a source gets 429 with
+// Retry-After and the RetryInfo detail, and its requests do not reach the
+// broker; the gateway's own hop to gRPC is not admitted a second time
+// (the HTTP client and the hop have the same loopback address here, so a
+// second admission would refuse the burst's second request).
+func TestGatewayThrottlesPerSource(t *testing.T) {
+	lim, err := throttle.New(throttle.Options{PerSourceRate: 1.0 / 3600, PerSourceBurst: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := start(t, lim)
+	for i := range 2 {
+		if code, body := e.post(t, "Bearer ok", `{"keys":["db"]}`); code != http.StatusOK {
+			t.Fatalf("request %d of the burst: %d %v", i, code, body)
+		}
+		<-e.fb.got
+	}
+	code, header, body := e.postHeader(t, "Bearer ok", `{"keys":["db"]}`)
+	if code != http.StatusTooManyRequests || body["code"] != float64(codes.ResourceExhausted) {
+		t.Fatalf("past the burst: %d %v, want 429 ResourceExhausted", code, body)
+	}
+	if got := header.Get("Retry-After"); got != "3600" {
+		t.Errorf("Retry-After = %q, want 3600 (one request per hour)", got)
+	}
+	if got := retryDelay(body); got != "3600s" {
+		t.Errorf("RetryInfo retryDelay = %q in %v, want 3600s", got, body)
+	}
+	if msg, _ := body["message"].(string); !strings.Contains(msg, "overloaded") || strings.Contains(msg, "127.0.0.1") {
+		t.Errorf("message %q: want it to say the broker is overloaded, without an address", msg)
+	}
+	select {
+	case r := <-e.fb.got:
+		t.Errorf("a throttled request reached the broker: %+v", r)
+	default:
+	}
+
+	// The same limiter guards direct gRPC callers, by their own address.
+	conn, err := Dial(e.grpcAddr, e.src.ClientConfig(""), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_, err = secretbrokerv1.NewSecretBrokerServiceClient(conn).GetSecrets(t.Context(), &secretbrokerv1.GetSecretsRequest{Keys: []string{"db"}})
+	st := status.Convert(err)
+	if st.Code() != codes.ResourceExhausted {
+		t.Fatalf("direct gRPC from the throttled address = %v, want ResourceExhausted", err)
+	}
+	if d, ok := grpcapi.RetryAfter(st); !ok || d != time.Hour {
+		t.Errorf("gRPC retry hint = %v, %v, want 1h", d, ok)
+	}
+}
+
+// TestGatewayCapsRequestsInFlight: with one request in the broker, a second
+// one from any source gets 429 with a retry hint; once it finishes, the
+// next is served.
+func TestGatewayCapsRequestsInFlight(t *testing.T) {
+	lim, err := throttle.New(throttle.Options{MaxInFlight: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := start(t, lim)
+	held := make(chan int, 1)
+	go func() {
+		req, _ := http.NewRequest(http.MethodPost, e.url+"/v1/secrets", strings.NewReader(`{"keys":["db"]}`))
+		req.Header.Set("Authorization", "Bearer hold")
+		resp, err := e.client.Do(req)
+		if err != nil {
+			held <- 0
+			return
+		}
+		resp.Body.Close()
+		held <- resp.StatusCode
+	}()
+	<-e.fb.got // the held request is in the broker
+	code, header, body := e.postHeader(t, "Bearer ok", `{"keys":["db"]}`)
+	if code != http.StatusTooManyRequests || header.Get("Retry-After") != "1" || retryDelay(body) != "1s" {
+		t.Errorf("second request in flight: %d Retry-After %q %v, want 429 with a 1s hint", code, header.Get("Retry-After"), body)
+	}
+	// Direct gRPC shares the cap.
+	conn, err := Dial(e.grpcAddr, e.src.ClientConfig(""), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_, err = secretbrokerv1.NewSecretBrokerServiceClient(conn).GetSecrets(t.Context(), &secretbrokerv1.GetSecretsRequest{Keys: []string{"db"}})
+	if status.Code(err) != codes.ResourceExhausted {
+		t.Errorf("direct gRPC while the cap is reached = %v, want ResourceExhausted", err)
+	}
+	close(e.fb.hold)
+	if got := <-held; got != http.StatusOK {
+		t.Fatalf("held request = %d", got)
+	}
+	if code, body := e.post(t, "Bearer ok", `{"keys":["db"]}`); code != http.StatusOK {
+		t.Errorf("after the held request finished: %d %v", code, body)
+	}
+	<-e.fb.got
+	if n := lim.InFlight(); n != 0 {
+		t.Errorf("in flight after every request finished = %d", n)
 	}
 }

@@ -80,7 +80,7 @@ func (f *fakeBroker) CacheStats() (cache.Stats, cache.Stats) {
 func TestGetSecrets(t *testing.T) {
 	fb := &fakeBroker{}
 	ctx := metadata.NewIncomingContext(t.Context(), metadata.Pairs("authorization", "Bearer tok"))
-	resp, err := New(fb).GetSecrets(ctx, &secretbrokerv1.GetSecretsRequest{ContainerUid: "u", Signature: "s", Keys: []string{"db", "x"}})
+	resp, err := New(fb, Options{}).GetSecrets(ctx, &secretbrokerv1.GetSecretsRequest{ContainerUid: "u", Signature: "s", Keys: []string{"db", "x"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -91,7 +91,7 @@ func TestGetSecrets(t *testing.T) {
 	if diff := cmp.Diff(broker.Request{Token: "tok", ContainerUID: "u", Signature: "s", Keys: []string{"db", "x"}}, fb.got); diff != "" {
 		t.Errorf("broker request (-want +got):\n%s", diff)
 	}
-	stats, err := New(fb).GetCacheStats(t.Context(), &secretbrokerv1.GetCacheStatsRequest{})
+	stats, err := New(fb, Options{}).GetCacheStats(t.Context(), &secretbrokerv1.GetCacheStatsRequest{})
 	if err != nil || stats.GetSecrets().GetHits() != 3 || stats.GetTokenReviews().GetMisses() != 4 {
 		t.Errorf("GetCacheStats = %v, %v", stats, err)
 	}

@@ -1,5 +1,9 @@
-// Package kubeclient builds the broker's Kubernetes client (in-cluster
+// Package kubeclient builds the broker's Kubernetes clients (in-cluster
 // configuration or a kubeconfig file) and classifies the client's errors.
+//
+// TokenReviews have a client of their own (NewTokenReviews), with its own
+// client-go rate limiter: a flood of tokens to review cannot delay the pod
+// reads and the informer's list and watch, nor the other way round.
 package kubeclient
 
 import (
@@ -10,6 +14,7 @@ import (
 	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/client-go/kubernetes"
+	authenticationv1 "k8s.io/client-go/kubernetes/typed/authentication/v1"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2"
@@ -31,6 +36,33 @@ type Options struct {
 
 // New returns a clientset whose HTTP requests are traced (otelhttp).
 func New(o Options) (*kubernetes.Clientset, error) {
+	cfg, err := restConfig(o)
+	if err != nil {
+		return nil, err
+	}
+	cs, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes client: %w", err)
+	}
+	return cs, nil
+}
+
+// NewTokenReviews returns a TokenReview client with its own rate limiter
+// (o.QPS and o.Burst) and connections, separate from New's.
+func NewTokenReviews(o Options) (authenticationv1.TokenReviewInterface, error) {
+	cfg, err := restConfig(o)
+	if err != nil {
+		return nil, err
+	}
+	c, err := authenticationv1.NewForConfig(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes TokenReview client: %w", err)
+	}
+	return c.TokenReviews(), nil
+}
+
+// restConfig loads the configuration with o's rate limit and user agent.
+func restConfig(o Options) (*rest.Config, error) {
 	var (
 		cfg *rest.Config
 		err error
@@ -45,11 +77,7 @@ func New(o Options) (*kubernetes.Clientset, error) {
 	}
 	cfg.QPS, cfg.Burst, cfg.UserAgent = o.QPS, o.Burst, o.UserAgent
 	cfg.Wrap(func(rt http.RoundTripper) http.RoundTripper { return otelhttp.NewTransport(rt) })
-	cs, err := kubernetes.NewForConfig(cfg)
-	if err != nil {
-		return nil, fmt.Errorf("kubernetes client: %w", err)
-	}
-	return cs, nil
+	return cfg, nil
 }
 
 // RouteKlog sends client-go's klog output (reflector and watch errors) to
