@@ -295,6 +295,10 @@ current-context: c
 		"AWS_CONFIG_FILE=" + filepath.Join(w.dir, "no-aws-config"),
 		"AWS_SHARED_CREDENTIALS_FILE=" + filepath.Join(w.dir, "no-aws-credentials"),
 		"AWS_ACCESS_KEY_ID=", "AWS_SECRET_ACCESS_KEY=", "AWS_SESSION_TOKEN=", "AWS_PROFILE=",
+		// Every client of the harness calls from 127.0.0.1, like pods
+		// behind one NAT: the per-source limit is off unless a test (with
+		// clients on other loopback addresses) sets it.
+		"PER_SOURCE_RATE=0",
 	}, opts.env...)
 	w.defaults = podsettings.LoadDefaults(func(name string) string {
 		for _, kv := range env {
