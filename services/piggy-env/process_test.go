@@ -70,6 +70,8 @@ type reply struct {
 	status int
 	body   string
 	hang   bool // never answer; wait for the client to give up
+	// retryAfter, when set, is the Retry-After header.
+	retryAfter string
 }
 
 // seenRequest is what the broker stand-in received.
@@ -86,6 +88,7 @@ type fakeBroker struct {
 	mu        sync.Mutex
 	replies   []reply
 	seen      []seenRequest
+	times     []time.Time // when each request arrived
 }
 
 func newFakeBroker(tb testing.TB, replies ...reply) *fakeBroker {
@@ -114,6 +117,7 @@ func (b *fakeBroker) serve(w http.ResponseWriter, r *http.Request) {
 	b.mu.Lock()
 	b.seen = append(b.seen, seenRequest{Method: r.Method, Path: r.URL.Path, Authorization: r.Header.Get("Authorization"),
 		ContentType: r.Header.Get("Content-Type"), Body: body})
+	b.times = append(b.times, time.Now())
 	rep := b.replies[min(len(b.seen), len(b.replies))-1]
 	b.mu.Unlock()
 	if rep.hang {
@@ -121,6 +125,9 @@ func (b *fakeBroker) serve(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.Header().Set("Content-Type", "application/json")
+	if rep.retryAfter != "" {
+		w.Header().Set("Retry-After", rep.retryAfter)
+	}
 	w.WriteHeader(rep.status)
 	io.WriteString(w, rep.body)
 }

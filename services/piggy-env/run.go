@@ -76,7 +76,9 @@ Environment (set by the Piggy admission webhook):
   PIGGY_DNS_RESOLVER            resolve names with the Go resolver over this network
                                 (tcp, udp, tcp4, ...)
   PIGGY_INITIAL_DELAY           wait before the first request, e.g. 2s (default 0)
-  PIGGY_NUMBER_OF_RETRY         retries after the first attempt (default 0)
+  PIGGY_NUMBER_OF_RETRY         retries after the first attempt (default 0); an overloaded
+                                broker's 429 with Retry-After is retried after that wait
+                                (at most 10s each) within PIGGY_TIMEOUT in any case
   PIGGY_REQUEST_TIMEOUT         timeout of each attempt (default 10s)
   PIGGY_TIMEOUT                 overall timeout of all attempts and the waits between
                                 them, counted after the initial delay (default 60s)

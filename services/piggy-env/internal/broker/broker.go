@@ -19,6 +19,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -55,6 +56,12 @@ type StatusError struct {
 	Code int
 	// Message is the broker's message, if any.
 	Message string
+	// Hint is how long the broker asked to wait before retrying (the
+	// Retry-After header of a 429 or 503, else the body's
+	// google.rpc.RetryInfo), when it said.
+	Hint time.Duration
+	// Hinted reports whether the broker gave Hint.
+	Hinted bool
 }
 
 // Error implements error.
@@ -70,8 +77,23 @@ func (e *StatusError) Error() string {
 	if e.Message != "" {
 		fmt.Fprintf(&b, ": %s", e.Message)
 	}
+	if e.Overloaded() && !strings.Contains(e.Message, "overloaded") {
+		b.WriteString(": the broker is overloaded")
+	}
+	if e.Hinted {
+		fmt.Fprintf(&b, " (it asked to retry after %s)", e.Hint)
+	}
 	return b.String()
 }
+
+// Overloaded reports whether the broker refused the request for load (429
+// or RESOURCE_EXHAUSTED) rather than for what it asked.
+func (e *StatusError) Overloaded() bool {
+	return e.HTTPStatus == http.StatusTooManyRequests || e.Code == codeResourceExhausted
+}
+
+// RetryAfter is the broker's retry hint; retry.Policy waits for it.
+func (e *StatusError) RetryAfter() (time.Duration, bool) { return e.Hint, e.Hinted }
 
 // Retryable reports whether the status may go away on a retry: 429, 500,
 // 502, 503 and 504.
@@ -190,7 +212,11 @@ func (c *Client) GetSecrets(ctx context.Context, req Request) (Response, error) 
 		return Response{}, fmt.Errorf("broker response is larger than %d bytes", maxResponse)
 	}
 	if resp.StatusCode != http.StatusOK {
-		return Response{}, statusError(resp.StatusCode, data)
+		se := statusError(resp.StatusCode, data)
+		if d, ok := retryAfterHeader(resp.Header.Get("Retry-After"), time.Now()); ok && (se.Overloaded() || resp.StatusCode == http.StatusServiceUnavailable) {
+			se.Hint, se.Hinted = d, true
+		}
+		return Response{}, se
 	}
 	var out Response
 	if err := json.Unmarshal(data, &out); err != nil {
@@ -212,18 +238,61 @@ func readToken(path string) (string, error) {
 	return token, nil
 }
 
-// statusError decodes a grpc-gateway error body: {"code":7,"message":"..."}.
+// statusError decodes a grpc-gateway error body: {"code":7,"message":"...",
+// "details":[...]}, with the delay of a google.rpc.RetryInfo detail.
 func statusError(httpStatus int, body []byte) *StatusError {
 	var st struct {
 		Code    *int   `json:"code"`
 		Message string `json:"message"`
+		Details []struct {
+			Type       string `json:"@type"`
+			RetryDelay string `json:"retryDelay"`
+		} `json:"details"`
 	}
 	e := &StatusError{HTTPStatus: httpStatus, Code: -1}
 	if json.Unmarshal(body, &st) == nil && st.Code != nil {
 		e.Code = *st.Code
 		e.Message = truncate(st.Message, 512)
+		for _, d := range st.Details {
+			if d.Type != retryInfoType {
+				continue
+			}
+			// protojson writes a Duration as seconds with an "s" suffix.
+			if v, err := time.ParseDuration(d.RetryDelay); err == nil && v >= 0 {
+				e.Hint, e.Hinted = min(v, maxHint), true
+			}
+		}
 	}
 	return e
+}
+
+// retryInfoType is the type URL of google.rpc.RetryInfo in grpc-gateway's
+// error details.
+const retryInfoType = "type.googleapis.com/google.rpc.RetryInfo"
+
+// codeResourceExhausted is gRPC's RESOURCE_EXHAUSTED.
+const codeResourceExhausted = 8
+
+// maxHint bounds the hints read; retry.Policy bounds the wait further.
+const maxHint = time.Hour
+
+// retryAfterHeader reads a Retry-After header: delay-seconds or an HTTP
+// date (RFC 9110, 10.2.3).
+func retryAfterHeader(v string, now time.Time) (time.Duration, bool) {
+	v = strings.TrimSpace(v)
+	if v == "" {
+		return 0, false
+	}
+	if secs, err := strconv.ParseInt(v, 10, 64); err == nil {
+		if secs < 0 {
+			return 0, false
+		}
+		return min(time.Duration(min(secs, int64(maxHint/time.Second)))*time.Second, maxHint), true
+	}
+	if at, err := http.ParseTime(v); err == nil {
+		return min(max(at.Sub(now), 0), maxHint), true
+	}
+	return 0, false
 }
 
 func truncate(s string, n int) string {

@@ -234,3 +234,53 @@ func TestTransportErrors(t *testing.T) {
 		}
 	})
 }
+
+func TestRetryHints(t *testing.T) {
+	retryInfo := `{"code":8,"message":"the secret broker is overloaded: too many requests from this address; retry in 2s","details":[{"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"2s"}]}`
+	tests := []struct {
+		name       string
+		status     int
+		header     string
+		body       string
+		wantHint   time.Duration
+		wantHinted bool
+		wantMsg    string
+	}{
+		{name: "429 with Retry-After and RetryInfo: the header wins", status: 429, header: "3", body: retryInfo, wantHint: 3 * time.Second, wantHinted: true,
+			wantMsg: "HTTP 429 Too Many Requests (ResourceExhausted): the secret broker is overloaded: too many requests from this address; retry in 2s (it asked to retry after 3s)"},
+		{name: "429 with RetryInfo only", status: 429, body: retryInfo, wantHint: 2 * time.Second, wantHinted: true},
+		{name: "429 from a proxy, Retry-After only", status: 429, header: "1", body: `<html>slow down</html>`, wantHint: time.Second, wantHinted: true,
+			wantMsg: "HTTP 429 Too Many Requests: the broker is overloaded (it asked to retry after 1s)"},
+		{name: "429 without a hint", status: 429, body: `{"code":8,"message":"slow down"}`, wantMsg: "slow down: the broker is overloaded"},
+		{name: "503 with Retry-After", status: 503, header: "4", body: `{"code":14,"message":"starting"}`, wantHint: 4 * time.Second, wantHinted: true},
+		{name: "Retry-After on a final answer is ignored", status: 403, header: "1", body: `{"code":7,"message":"denied"}`},
+		{name: "Retry-After as an HTTP date in the past", status: 429, header: "Wed, 21 Oct 2015 07:28:00 GMT", body: `{"code":8}`, wantHint: 0, wantHinted: true},
+		{name: "a negative Retry-After is no hint", status: 429, header: "-5", body: `{"code":8}`},
+		{name: "a huge Retry-After is bounded", status: 429, header: "99999999999", body: `{"code":8}`, wantHint: time.Hour, wantHinted: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if tt.header != "" {
+					w.Header().Set("Retry-After", tt.header)
+				}
+				w.WriteHeader(tt.status)
+				io.WriteString(w, tt.body)
+			}))
+			defer srv.Close()
+			c := newClient(t, srv, writeToken(t, "t"), TLSOptions{CAFile: writeCA(t, srv)})
+			_, err := c.GetSecrets(t.Context(), Request{Keys: []string{"K"}})
+			se, ok := errors.AsType[*StatusError](err)
+			if !ok {
+				t.Fatalf("error %v is not a StatusError", err)
+			}
+			hint, hinted := se.RetryAfter()
+			if hinted != tt.wantHinted || hint != tt.wantHint {
+				t.Errorf("RetryAfter = %s, %v; want %s, %v", hint, hinted, tt.wantHint, tt.wantHinted)
+			}
+			if tt.wantMsg != "" && !strings.Contains(err.Error(), tt.wantMsg) {
+				t.Errorf("error = %q, want %q in it", err, tt.wantMsg)
+			}
+		})
+	}
+}

@@ -1,6 +1,13 @@
 // Package retry runs an operation with a bounded number of retries,
 // exponential backoff with full jitter between attempts and a timeout per
 // attempt. The overall deadline is the caller's context.
+//
+// A failure that carries a retry hint (Hinted: an overloaded server's
+// Retry-After) is retried after the hinted wait, bounded by
+// Policy.MaxHint and with up to a quarter more of jitter, instead of the
+// backoff. The server asked for it, so such retries do not use up
+// Policy.Retries; Policy.MaxHinted bounds them, and the context's deadline
+// bounds all.
 package retry
 
 import (
@@ -16,6 +23,30 @@ const (
 	DefaultBase = 200 * time.Millisecond
 	DefaultCap  = 5 * time.Second
 )
+
+// Defaults of the hinted retries.
+const (
+	// DefaultMaxHint bounds one hinted wait.
+	DefaultMaxHint = 10 * time.Second
+	// DefaultMaxHinted bounds the hinted retries of one Do.
+	DefaultMaxHinted = 30
+)
+
+// Hinted is implemented by errors that say how long to wait before a retry
+// (for example an HTTP 429 with Retry-After).
+type Hinted interface {
+	// RetryAfter returns the wait, and whether there is one.
+	RetryAfter() (time.Duration, bool)
+}
+
+// HintOf returns the retry hint in err's chain.
+func HintOf(err error) (time.Duration, bool) {
+	var h Hinted
+	if errors.As(err, &h) {
+		return h.RetryAfter()
+	}
+	return 0, false
+}
 
 // Backoff computes the wait before a retry: a uniformly random duration in
 // [0, min(Cap, Base*2^n)] for the n-th retry ("full jitter").
@@ -66,6 +97,12 @@ type Policy struct {
 	// every error is retryable. Attempts that hit AttemptTimeout are always
 	// retryable.
 	Retryable func(error) bool
+	// MaxHint bounds the wait a hint can ask for; 0 means DefaultMaxHint.
+	MaxHint time.Duration
+	// MaxHinted bounds the hinted retries, which do not count against
+	// Retries; 0 means DefaultMaxHinted, negative disables hinted retries
+	// (hinted failures are then retried like others).
+	MaxHinted int
 	// OnRetry, when set, is called before each wait with the attempt that
 	// failed (1-based), its error and the wait.
 	OnRetry func(attempt int, err error, wait time.Duration)
@@ -93,16 +130,25 @@ func (e *AttemptTimeoutError) Unwrap() error { return e.Err }
 // and nil or the last attempt's error; when ctx ended (overall deadline or
 // cancellation) ctx.Err() tells.
 func (p Policy) Do(ctx context.Context, fn func(ctx context.Context) error) (attempts int, err error) {
+	hinted := 0 // retries after a hint
 	for {
 		attempts++
 		err = p.attempt(ctx, fn)
 		if err == nil {
 			return attempts, nil
 		}
-		if ctx.Err() != nil || attempts > p.Retries || !p.retryable(err) {
+		if ctx.Err() != nil || !p.retryable(err) {
 			return attempts, err
 		}
-		wait := p.Backoff.Delay(attempts - 1)
+		wait, ok := p.hintedWait(err, hinted)
+		if ok {
+			hinted++
+		} else {
+			if attempts-hinted > p.Retries {
+				return attempts, err
+			}
+			wait = p.Backoff.Delay(attempts - hinted - 1)
+		}
 		if p.OnRetry != nil {
 			p.OnRetry(attempts, err, wait)
 		}
@@ -114,6 +160,31 @@ func (p Policy) Do(ctx context.Context, fn func(ctx context.Context) error) (att
 		case <-t.C:
 		}
 	}
+}
+
+// hintedWait is the wait before retrying err when it carries a hint and
+// hinted retries are left: the hint, at most MaxHint, plus up to a quarter
+// of jitter (so that the clients one overload refused do not all come
+// back at once), at most MaxHint in all.
+func (p Policy) hintedWait(err error, hinted int) (time.Duration, bool) {
+	maxHinted := p.MaxHinted
+	if maxHinted == 0 {
+		maxHinted = DefaultMaxHinted
+	}
+	if hinted >= maxHinted {
+		return 0, false
+	}
+	hint, ok := HintOf(err)
+	if !ok {
+		return 0, false
+	}
+	maxHint := p.MaxHint
+	if maxHint <= 0 {
+		maxHint = DefaultMaxHint
+	}
+	hint = min(max(hint, 0), maxHint)
+	jitter := Backoff{Base: hint / 4, Cap: hint / 4, Rand: p.Backoff.Rand}.Delay(0)
+	return min(hint+jitter, maxHint), true
 }
 
 func (p Policy) attempt(ctx context.Context, fn func(ctx context.Context) error) error {

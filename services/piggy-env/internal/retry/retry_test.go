@@ -3,6 +3,7 @@ package retry
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"testing"
 	"time"
@@ -159,4 +160,84 @@ func TestDoStopsWhenContextEnds(t *testing.T) {
 	if attempts != 1 || !errors.Is(err, errRetryable) {
 		t.Errorf("attempts = %d, err = %v; want 1 attempt then the deadline", attempts, err)
 	}
+}
+
+// hintedErr is a failure that asks for a wait, like a 429 with Retry-After.
+type hintedErr struct{ wait time.Duration }
+
+func (e hintedErr) Error() string                     { return "overloaded" }
+func (e hintedErr) RetryAfter() (time.Duration, bool) { return e.wait, true }
+
+func TestDoHonoursHints(t *testing.T) {
+	const hint = 20 * time.Millisecond
+	calls := 0
+	var waits []time.Duration
+	p := Policy{
+		Retries: 0, // hinted retries do not use up Retries
+		Backoff: Backoff{Base: time.Hour, Cap: time.Hour, Rand: rand.New(rand.NewPCG(3, 4))},
+		OnRetry: func(_ int, _ error, d time.Duration) { waits = append(waits, d) },
+	}
+	attempts, err := p.Do(t.Context(), func(context.Context) error {
+		calls++
+		if calls <= 2 {
+			return fmt.Errorf("attempt %d: %w", calls, hintedErr{hint}) // wrapped, as callers do
+		}
+		return nil
+	})
+	if err != nil || attempts != 3 {
+		t.Fatalf("Do = %d attempts, %v; want success on the third", attempts, err)
+	}
+	for _, w := range waits {
+		if w < hint || w > hint*5/4 {
+			t.Errorf("wait %s, want the hint %s plus at most a quarter (not the backoff)", w, hint)
+		}
+	}
+}
+
+func TestDoBoundsHints(t *testing.T) {
+	t.Run("MaxHint bounds one wait", func(t *testing.T) {
+		var waits []time.Duration
+		p := Policy{MaxHint: 5 * time.Millisecond, OnRetry: func(_ int, _ error, d time.Duration) { waits = append(waits, d) }}
+		calls := 0
+		p.Do(t.Context(), func(context.Context) error {
+			if calls++; calls == 1 {
+				return hintedErr{time.Hour}
+			}
+			return nil
+		})
+		if len(waits) != 1 || waits[0] > 5*time.Millisecond {
+			t.Errorf("waits = %v, want one of at most 5ms", waits)
+		}
+	})
+	t.Run("MaxHinted bounds the hinted retries, then Retries apply", func(t *testing.T) {
+		p := Policy{Retries: 1, MaxHinted: 3, Backoff: Backoff{}}
+		attempts, err := p.Do(t.Context(), func(context.Context) error { return hintedErr{0} })
+		if attempts != 5 || err == nil {
+			t.Errorf("attempts = %d, %v; want 1 + 3 hinted + 1 retry", attempts, err)
+		}
+	})
+	t.Run("negative MaxHinted retries hinted failures like others", func(t *testing.T) {
+		p := Policy{Retries: 1, MaxHinted: -1, Backoff: Backoff{}}
+		if attempts, _ := p.Do(t.Context(), func(context.Context) error { return hintedErr{time.Hour} }); attempts != 2 {
+			t.Errorf("attempts = %d, want 2", attempts)
+		}
+	})
+	t.Run("a hint past the deadline ends with the deadline", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(t.Context(), 50*time.Millisecond)
+		defer cancel()
+		p := Policy{MaxHint: time.Hour}
+		attempts, err := p.Do(ctx, func(context.Context) error { return hintedErr{time.Hour} })
+		if attempts != 1 || ctx.Err() == nil {
+			t.Errorf("attempts = %d, ctx %v; want one attempt and the deadline passed", attempts, ctx.Err())
+		}
+		if d, ok := HintOf(err); !ok || d != time.Hour {
+			t.Errorf("error = %v: want the hinted error back", err)
+		}
+	})
+	t.Run("not retryable is not retried whatever the hint", func(t *testing.T) {
+		p := Policy{Retries: 3, Retryable: func(error) bool { return false }}
+		if attempts, _ := p.Do(t.Context(), func(context.Context) error { return hintedErr{0} }); attempts != 1 {
+			t.Errorf("attempts = %d, want 1", attempts)
+		}
+	})
 }
