@@ -69,7 +69,11 @@ func (s *Stack) Demo(ctx context.Context) (*DemoResult, error) {
 	fmt.Fprintln(out, "\nDemo")
 
 	t := time.Now()
-	pod, err := s.createMutated(ctx, cs, s.DemoPod(fmt.Sprintf("demo-app-%d", time.Now().Unix()%100000)))
+	// The API server names the pod (as for a Deployment's pods), so every
+	// run of the demo gets a new one.
+	demo := s.DemoPod("")
+	demo.GenerateName = "demo-app-"
+	pod, err := s.createMutated(ctx, cs, demo)
 	if err != nil {
 		return nil, fmt.Errorf("create the demo pod: %w", err)
 	}

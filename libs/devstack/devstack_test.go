@@ -12,6 +12,9 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
 
 	"github.com/piggysec/piggy/libs/kubetest"
 	"github.com/piggysec/piggy/libs/podrun"
@@ -108,6 +111,7 @@ func runPod(t *testing.T, s *Stack, pod *corev1.Pod, tweak func(r *podrun.Runner
 	if err != nil {
 		t.Fatal(err)
 	}
+	deleteAtCleanup(t, cs, created)
 	var stdout, stderr bytes.Buffer
 	r := &podrun.Runner{
 		Client: cs, Pod: created, Root: t.TempDir(),
@@ -133,6 +137,17 @@ func runPod(t *testing.T, s *Stack, pod *corev1.Pod, tweak func(r *podrun.Runner
 		}
 	}
 	return res.ExitCode, seen.Env, stderr.String()
+}
+
+// deleteAtCleanup deletes pod when the test ends, so its name is free for
+// the next run (go test -count).
+func deleteAtCleanup(t *testing.T, cs kubernetes.Interface, pod *corev1.Pod) {
+	t.Cleanup(func() {
+		err := cs.CoreV1().Pods(pod.Namespace).Delete(context.Background(), pod.Name, metav1.DeleteOptions{GracePeriodSeconds: new(int64)})
+		if err != nil && !apierrors.IsNotFound(err) {
+			t.Errorf("delete pod %s/%s: %v", pod.Namespace, pod.Name, err)
+		}
+	})
 }
 
 func demoPod(s *Stack, name string, annotations map[string]string, command []string, env ...corev1.EnvVar) *corev1.Pod {
@@ -219,6 +234,7 @@ func TestTokenOfAnotherPodGetsNothing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	deleteAtCleanup(t, cs, other)
 	otherToken, err := kubetest.RequestPodToken(ctx, cs, other, "piggy")
 	if err != nil {
 		t.Fatal(err)
