@@ -83,7 +83,14 @@ type GetSecretsRequest struct {
 	// Lowercase hex SHA-256 of the command line piggy-env is about to exec.
 	Signature string `protobuf:"bytes,2,opt,name=signature,proto3" json:"signature,omitempty"`
 	// Secret keys the container references with "piggy:KEY" values.
-	Keys          []string `protobuf:"bytes,3,rep,name=keys,proto3" json:"keys,omitempty"`
+	Keys []string `protobuf:"bytes,3,rep,name=keys,proto3" json:"keys,omitempty"`
+	// Random id (128 bits, lowercase hex) that piggy-env makes once per
+	// process and sends with every attempt of its request. The broker answers
+	// a container once per container start: the first fetch id to ask for a
+	// start holds it, and a retry with the same id is the same fetch; another
+	// id for the same start is refused (PermissionDenied). It is never
+	// logged, and piggy-env never passes it to the application. JSON: fetchId.
+	FetchId       string `protobuf:"bytes,4,opt,name=fetch_id,json=fetchId,proto3" json:"fetch_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -137,6 +144,13 @@ func (x *GetSecretsRequest) GetKeys() []string {
 		return x.Keys
 	}
 	return nil
+}
+
+func (x *GetSecretsRequest) GetFetchId() string {
+	if x != nil {
+		return x.FetchId
+	}
+	return ""
 }
 
 // GetSecretsResponse carries the values of the referenced keys.
@@ -581,11 +595,12 @@ var File_piggy_secretbroker_v1_secret_broker_proto protoreflect.FileDescriptor
 
 const file_piggy_secretbroker_v1_secret_broker_proto_rawDesc = "" +
 	"\n" +
-	")piggy/secretbroker/v1/secret_broker.proto\x12\x15piggy.secretbroker.v1\x1a\x1egoogle/protobuf/duration.proto\"j\n" +
+	")piggy/secretbroker/v1/secret_broker.proto\x12\x15piggy.secretbroker.v1\x1a\x1egoogle/protobuf/duration.proto\"\x85\x01\n" +
 	"\x11GetSecretsRequest\x12#\n" +
 	"\rcontainer_uid\x18\x01 \x01(\tR\fcontainerUid\x12\x1c\n" +
 	"\tsignature\x18\x02 \x01(\tR\tsignature\x12\x12\n" +
-	"\x04keys\x18\x03 \x03(\tR\x04keys\"\xe2\x01\n" +
+	"\x04keys\x18\x03 \x03(\tR\x04keys\x12\x19\n" +
+	"\bfetch_id\x18\x04 \x01(\tR\afetchId\"\xe2\x01\n" +
 	"\x12GetSecretsResponse\x12M\n" +
 	"\x06values\x18\x01 \x03(\v25.piggy.secretbroker.v1.GetSecretsResponse.ValuesEntryR\x06values\x12!\n" +
 	"\fmissing_keys\x18\x02 \x03(\tR\vmissingKeys\x12\x1f\n" +
