@@ -2,12 +2,15 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"runtime"
 	"runtime/debug"
+	"strings"
 
 	"google.golang.org/grpc"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"k8s.io/client-go/kubernetes"
 
 	"github.com/piggysec/piggy/libs/daemon"
 	"github.com/piggysec/piggy/libs/flagenv"
@@ -23,6 +26,7 @@ import (
 	"github.com/piggysec/piggy/services/secret-broker/internal/grpcapi"
 	"github.com/piggysec/piggy/services/secret-broker/internal/kubeclient"
 	"github.com/piggysec/piggy/services/secret-broker/internal/podcheck"
+	"github.com/piggysec/piggy/services/secret-broker/internal/startclaim"
 	"github.com/piggysec/piggy/services/secret-broker/internal/throttle"
 )
 
@@ -112,6 +116,10 @@ func wire(d *daemon.Daemon, cfg config.Config) error {
 	if err != nil {
 		return err
 	}
+	starts, err := startClaims(d, cfg, kube, pods)
+	if err != nil {
+		return err
+	}
 	d.Go(pods.Start)
 	// An AWS read has its own deadline within the request's; a lookup with
 	// a stale value to fall back on waits one AWS attempt for a fresh one.
@@ -132,6 +140,7 @@ func wire(d *daemon.Daemon, cfg config.Config) error {
 		Log:             d.Log,
 		Tracer:          tracer,
 		Meter:           meter,
+		Starts:          starts,
 	})
 	if err != nil {
 		return err
@@ -212,4 +221,43 @@ func wire(d *daemon.Daemon, cfg config.Config) error {
 		return err
 	})
 	return d.ServeMetrics()
+}
+
+// inClusterNamespace is where a pod's service account namespace is mounted.
+const inClusterNamespace = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+
+// startClaims returns the once-per-start claims fed by the pod informer,
+// or nil when --once-per-start is off.
+func startClaims(d *daemon.Daemon, cfg config.Config, kube kubernetes.Interface, pods *podcheck.Pods) (broker.StartClaims, error) {
+	if !cfg.OncePerStart {
+		d.Log.Warn("--once-per-start is off: a container may fetch its values again at any time, also after piggy-env started the application")
+		return nil, nil
+	}
+	ns := cfg.PodNamespace
+	if ns == "" {
+		b, err := os.ReadFile(inClusterNamespace)
+		if err != nil {
+			return nil, fmt.Errorf("--once-per-start keeps its claims in the broker's namespace: set --pod-namespace (POD_NAMESPACE), or --once-per-start=false (%w)", err)
+		}
+		ns = strings.TrimSpace(string(b))
+	}
+	claims := startclaim.New(kube.CoordinationV1().Leases(ns), startclaim.Options{
+		Wait: cfg.StartClaimWait,
+		Log:  d.Log,
+		Current: func(ctx context.Context, s startclaim.Start) (int32, error) {
+			pod, err := pods.Pod(ctx, s.Namespace, s.PodName, s.PodUID)
+			if err != nil {
+				return 0, err
+			}
+			if string(pod.UID) != s.PodUID { // recreated: this start never changes
+				return s.RestartCount, nil
+			}
+			return podcheck.RestartCount(pod, s.Container), nil
+		},
+	})
+	if err := pods.Watch(claims); err != nil {
+		return nil, err
+	}
+	d.Go(claims.Run)
+	return claims, nil
 }

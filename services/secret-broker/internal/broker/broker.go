@@ -103,6 +103,8 @@ type Options struct {
 	Meter          metric.Meter
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// Starts answer a container once per start; nil answers every request.
+	Starts StartClaims
 }
 
 // Names of the settings in refusals (the broker's flags).
@@ -167,6 +169,8 @@ type Request struct {
 	ContainerUID, Signature string
 	// Keys are the keys the container references.
 	Keys []string
+	// FetchID is the launcher's id of this fetch, the same in its retries.
+	FetchID string
 }
 
 // Response carries the values of the requested keys.
@@ -219,6 +223,9 @@ func (b *Broker) GetSecrets(ctx context.Context, req Request) (resp Response, er
 		c.id.PodName, c.id.PodUID = pc.Pod.Name, string(pc.Pod.UID)
 	}
 	if err := granted(req.Keys, pc); err != nil {
+		return Response{}, err
+	}
+	if err := b.claimStart(ctx, req.FetchID, pc); err != nil {
 		return Response{}, err
 	}
 	src, err := b.source(pc.Grant.Source)

@@ -47,6 +47,16 @@ type Config struct {
 	// PodInformer keeps a watch-fed cache of pods (needs list and watch).
 	PodInformer bool
 
+	// OncePerStart answers a container once per container start, claimed
+	// with a Lease in PodNamespace (internal/startclaim).
+	OncePerStart bool
+	// StartClaimWait bounds how long a request for a claimed start waits
+	// for the kubelet to report a restart of the container.
+	StartClaimWait time.Duration
+	// PodNamespace is the broker's own namespace (the chart sets
+	// POD_NAMESPACE); empty reads the in-cluster service account's.
+	PodNamespace string
+
 	// TokenAudience is the audience of the projected tokens.
 	TokenAudience string
 	// AllowUnboundTokens accepts tokens not bound to a pod (migration only).
@@ -134,6 +144,10 @@ func Load(args []string, lookup flagenv.Lookup, output io.Writer) (Config, error
 	fs.Float64Var(&c.TokenReviewQPS, "token-review-qps", 200, "sustained TokenReviews per second, with a rate limiter of their own so that reviews and pod reads cannot starve each other; a rollout of N new pods costs N TokenReviews")
 	fs.IntVar(&c.TokenReviewBurst, "token-review-burst", 400, "burst of TokenReviews")
 	fs.BoolVar(&c.PodInformer, "pod-informer", true, "keep a watch-fed cache of pods (needs list and watch on pods); otherwise every request reads its pod with GET")
+	fs.BoolVar(&c.OncePerStart, "once-per-start", true, "answer each container once per container start (its restartCount in the pod status): another fetch in the same start, by the application or a kubectl exec, is refused; retries of piggy-env's own request are answered. "+
+		"Claims are Leases in --pod-namespace (create, get, delete, deletecollection there), removed when the pod is deleted; needs --pod-informer. false answers every request, as before")
+	fs.DurationVar(&c.StartClaimWait, "start-claim-wait", 5*time.Second, "longest a request for a start that was already answered waits for the kubelet to report that the container restarted (its status update can lag the start); at most until a second before --request-timeout")
+	fs.StringVar(&c.PodNamespace, "pod-namespace", "", "the broker's own namespace, where it keeps its start claims; empty reads the in-cluster service account's namespace")
 	fs.StringVar(&c.TokenAudience, "token-audience", "piggy", "audience the projected service account tokens must have (the admission-gateway's --token-audience)")
 	fs.BoolVar(&c.AllowUnboundTokens, "allow-unbound-tokens", false, "accept tokens that are not bound to a pod, finding the pod by container UID (migration only; logged as a warning)")
 	fs.DurationVar(&c.TokenCacheTTL, "token-cache-ttl", time.Minute, "longest a TokenReview result is cached (never past the token's expiry)")
@@ -251,6 +265,12 @@ func Load(args []string, lookup flagenv.Lookup, output io.Writer) (Config, error
 		errs = append(errs, errors.New("--aws-max-attempts must be at least 1"))
 	} else if err := c.fitRetries(); err != nil {
 		errs = append(errs, err)
+	}
+	if c.OncePerStart && !c.PodInformer {
+		errs = append(errs, errors.New("--once-per-start needs --pod-informer: the claims of a pod are removed when the informer sees it deleted; turn the informer on, or --once-per-start off"))
+	}
+	if c.OncePerStart && c.StartClaimWait <= 0 {
+		errs = append(errs, errors.New("--start-claim-wait must be positive"))
 	}
 	if c.KubeQPS <= 0 || c.KubeBurst < 1 {
 		errs = append(errs, errors.New("--kube-api-qps must be positive and --kube-api-burst at least 1"))

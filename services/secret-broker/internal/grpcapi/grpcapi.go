@@ -78,6 +78,7 @@ func (s *Server) GetSecrets(ctx context.Context, req *secretbrokerv1.GetSecretsR
 		ContainerUID: req.GetContainerUid(),
 		Signature:    req.GetSignature(),
 		Keys:         req.GetKeys(),
+		FetchID:      req.GetFetchId(),
 	})
 	if err != nil {
 		return nil, Status(err)

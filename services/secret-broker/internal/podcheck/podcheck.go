@@ -63,6 +63,9 @@ type Result struct {
 	// Grant is what the container was admitted to read (without a
 	// container, what the pod's launched containers were).
 	Grant podgrant.Grant
+	// RestartCount is the container's restartCount in the pod status as
+	// the kubelet last reported it; 0 before it reported one.
+	RestartCount int32
 }
 
 // Checker verifies callers. Create it with New.
@@ -201,8 +204,22 @@ func (c *Checker) Check(ctx context.Context, id authn.Identity, ctr Container) (
 	}
 	if l != nil {
 		res.ContainerName = l.name
+		res.RestartCount = RestartCount(pod, l.name)
 	}
 	return res, nil
+}
+
+// RestartCount is the restartCount of container in pod's status (init
+// containers included); 0 when the kubelet has reported none yet.
+func RestartCount(pod *corev1.Pod, container string) int32 {
+	for _, list := range [][]corev1.ContainerStatus{pod.Status.InitContainerStatuses, pod.Status.ContainerStatuses} {
+		for i := range list {
+			if list[i].Name == container {
+				return list[i].RestartCount
+			}
+		}
+	}
+	return 0
 }
 
 // Admitted returns what container of pod was admitted to read, refused as

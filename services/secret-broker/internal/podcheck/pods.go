@@ -88,6 +88,51 @@ func (p *Pods) Start(ctx context.Context) error {
 	return nil
 }
 
+// PodEvents receive the informer's changes of pods with a container
+// Piggy launched (startclaim.Claims). Their methods must not block.
+type PodEvents interface {
+	// PodChanged is called after the pod uid was added or updated.
+	PodChanged(uid string)
+	// PodDeleted is called after the pod uid was deleted.
+	PodDeleted(uid string)
+}
+
+// Watch sends the informer's events to h; call it before Start. It fails
+// without an informer.
+func (p *Pods) Watch(h PodEvents) error {
+	if p.informer == nil {
+		return fmt.Errorf("pod events need the pod informer (--pod-informer)")
+	}
+	launches := func(obj any) (*corev1.Pod, bool) {
+		if tomb, ok := obj.(toolscache.DeletedFinalStateUnknown); ok {
+			obj = tomb.Obj
+		}
+		pod, ok := obj.(*corev1.Pod)
+		return pod, ok && len(launchedContainers(pod)) > 0
+	}
+	_, err := p.informer.AddEventHandler(toolscache.ResourceEventHandlerFuncs{
+		AddFunc: func(obj any) {
+			if pod, ok := launches(obj); ok {
+				h.PodChanged(string(pod.UID))
+			}
+		},
+		UpdateFunc: func(_, obj any) {
+			if pod, ok := launches(obj); ok {
+				h.PodChanged(string(pod.UID))
+			}
+		},
+		DeleteFunc: func(obj any) {
+			if pod, ok := launches(obj); ok {
+				h.PodDeleted(string(pod.UID))
+			}
+		},
+	})
+	if err != nil {
+		return fmt.Errorf("pod informer handler: %w", err)
+	}
+	return nil
+}
+
 // Synced reports whether the informer has listed every pod once.
 func (p *Pods) Synced() bool { return p.informer != nil && p.informer.HasSynced() }
 
@@ -176,8 +221,8 @@ func (p *Pods) count(ctx context.Context, source, result string) {
 }
 
 // trimPod keeps what the broker reads from a cached pod: identity, piggy
-// annotations and service account. Everything else (containers, env,
-// status) is dropped to keep the cache small.
+// annotations, service account, the launched containers and their restart
+// counts. Everything else is dropped to keep the cache small.
 func trimPod(obj any) (any, error) {
 	pod, ok := obj.(*corev1.Pod)
 	if !ok {
@@ -192,6 +237,7 @@ func trimPod(obj any) (any, error) {
 			ann[k] = v
 		}
 	}
+	initContainers, containers := trimContainers(pod.Spec.InitContainers), trimContainers(pod.Spec.Containers)
 	return &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{
 			Name:              pod.Name,
@@ -203,10 +249,29 @@ func trimPod(obj any) (any, error) {
 		},
 		Spec: corev1.PodSpec{
 			ServiceAccountName: pod.Spec.ServiceAccountName,
-			InitContainers:     trimContainers(pod.Spec.InitContainers),
-			Containers:         trimContainers(pod.Spec.Containers),
+			InitContainers:     initContainers,
+			Containers:         containers,
+		},
+		Status: corev1.PodStatus{
+			InitContainerStatuses: trimStatuses(pod.Status.InitContainerStatuses, initContainers),
+			ContainerStatuses:     trimStatuses(pod.Status.ContainerStatuses, containers),
 		},
 	}, nil
+}
+
+// trimStatuses keeps the name and restart count of the statuses of kept
+// (the launched containers), for once-per-start.
+func trimStatuses(statuses []corev1.ContainerStatus, kept []corev1.Container) []corev1.ContainerStatus {
+	var out []corev1.ContainerStatus
+	for _, st := range statuses {
+		for _, c := range kept {
+			if c.Name == st.Name {
+				out = append(out, corev1.ContainerStatus{Name: st.Name, RestartCount: st.RestartCount})
+				break
+			}
+		}
+	}
+	return out
 }
 
 // trimContainers keeps what Check reads of launched containers: the name,
