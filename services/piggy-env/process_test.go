@@ -17,6 +17,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"slices"
 	"strings"
@@ -326,16 +327,29 @@ func TestProcessSuccess(t *testing.T) {
 		t.Errorf("child signal masks SigBlk=%s SigIgn=%s, want none blocked and SigIgn=%s as inherited", res.child.SigBlk, res.child.SigIgn, inheritedSigIgn(t))
 	}
 
+	seen := b.requests()
+	fetchID := fetchIDOf(t, seen...)
 	want := []seenRequest{{
 		Method: "POST", Path: "/v1/secrets", Authorization: "Bearer pod-bound-token", ContentType: "application/json",
 		Body: map[string]any{
 			"containerUid": "c0ffee-uid",
 			"signature":    signature("child --port 8080"),
 			"keys":         []any{"API_KEY", "db-password"},
+			"fetchId":      fetchID,
 		},
 	}}
-	if diff := cmp.Diff(want, b.requests()); diff != "" {
+	if diff := cmp.Diff(want, seen); diff != "" {
 		t.Errorf("broker request mismatch (-want +got):\n%s", diff)
+	}
+	// The fetch id is the launcher's alone: not in the child's environment
+	// nor in any log line.
+	for _, kv := range res.child.Env {
+		if strings.Contains(kv, fetchID) {
+			t.Errorf("the child sees the fetch id in %q", kv)
+		}
+	}
+	if strings.Contains(res.stderr, fetchID) {
+		t.Errorf("stderr holds the fetch id:\n%s", res.stderr)
 	}
 	if !slices.Contains(res.messages(), "info: Request secrets was successful") {
 		t.Errorf("no success line; logs: %v", res.messages())
@@ -558,6 +572,9 @@ func TestProcessRetriesThenSucceeds(t *testing.T) {
 	if n := len(b.requests()); n != 3 {
 		t.Errorf("broker saw %d requests, want 3", n)
 	}
+	// The retries are the same fetch: they carry the first attempt's id,
+	// so the broker answers them although it answers a start only once.
+	fetchIDOf(t, b.requests()...)
 	for _, l := range res.logs {
 		if l.Message == "Request secrets was successful" {
 			if diff := cmp.Diff(float64(3), l.Raw["attempts"]); diff != "" {
@@ -567,6 +584,43 @@ func TestProcessRetriesThenSucceeds(t *testing.T) {
 		}
 	}
 	t.Errorf("no success line; logs: %v", res.messages())
+}
+
+// fetchIDOf returns the fetch id the requests carry, failing unless they
+// all carry the same one of 32 lowercase hex digits.
+func fetchIDOf(t *testing.T, reqs ...seenRequest) string {
+	t.Helper()
+	if len(reqs) == 0 {
+		t.Fatal("no request")
+	}
+	id, _ := reqs[0].Body["fetchId"].(string)
+	if !regexp.MustCompile(`^[0-9a-f]{32}$`).MatchString(id) {
+		t.Fatalf("fetchId %q is not 128 bits of lowercase hex", id)
+	}
+	for i, r := range reqs[1:] {
+		if got := r.Body["fetchId"]; got != id {
+			t.Errorf("attempt %d has fetchId %v, the first had %s", i+2, got, id)
+		}
+	}
+	return id
+}
+
+// Two processes, two fetches: each has its own id.
+func TestProcessFetchIDPerProcess(t *testing.T) {
+	t.Parallel()
+	b := newFakeBroker(t, ok(map[string]string{"a": "1"}))
+	var ids []string
+	for range 2 {
+		res := runPiggyEnv(t, proxyEnv(t, b, "A=piggy:a"), "--", "child")
+		if res.exitCode != 0 {
+			t.Fatalf("exit %d; stderr:\n%s", res.exitCode, res.stderr)
+		}
+		reqs := b.requests()
+		ids = append(ids, fetchIDOf(t, reqs[len(reqs)-1]))
+	}
+	if ids[0] == ids[1] {
+		t.Errorf("two processes sent the same fetch id %s", ids[0])
+	}
 }
 
 func TestProcessInitialDelayResolverAndSkipVerify(t *testing.T) {

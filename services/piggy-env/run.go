@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
@@ -217,7 +219,8 @@ func (a *app) fetch(ctx context.Context, log *slog.Logger, cfg config.Config, co
 		if p.Address.Scheme != "https" {
 			log.WarnContext(ctx, "The broker address is not https: the service-account token is sent in clear text", "address", source)
 		}
-		req := broker.Request{ContainerUID: p.UID, Signature: launch.Signature(command), Keys: keys}
+		// One fetch id for every attempt of this process's request.
+		req := broker.Request{ContainerUID: p.UID, Signature: launch.Signature(command), Keys: keys, FetchID: newFetchID()}
 		retryable = broker.Retryable
 		attempt = func(ctx context.Context) error {
 			resp, err := client.GetSecrets(ctx, req)
@@ -307,4 +310,11 @@ func caFileVar(p config.Proxy) string {
 		return config.EnvCAFile
 	}
 	return ""
+}
+
+// newFetchID is a random 128-bit id in lowercase hex.
+func newFetchID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:]) // never fails (crypto/rand)
+	return hex.EncodeToString(b[:])
 }

@@ -35,6 +35,10 @@ type Request struct {
 	Signature string `json:"signature"`
 	// Keys are the referenced secret keys.
 	Keys []string `json:"keys"`
+	// FetchID is made once per process and sent with every attempt: the
+	// broker answers a container once per start, and a retry with the
+	// same id is the same fetch. Never logged, never given to the child.
+	FetchID string `json:"fetchId,omitempty"`
 }
 
 // Response is the broker's answer to a successful request.
