@@ -393,7 +393,8 @@ func (s *Stack) startServices(ctx context.Context, brokerEnv []string) error {
 	}
 	s.broker, err = startService(ctx, "secret-broker", filepath.Join(s.BinDir, "secret-broker"), append(tlsArgs(s.cert("secret-broker")),
 		"--listen-address", addr(p.BrokerHTTPS), "--grpc-address", addr(p.BrokerGRPC), "--metrics-address", "127.0.0.1:0",
-		"--kubeconfig", kubeconfig), brokerEnv, filepath.Join(s.LogDir, "secret-broker.log"), "grpc", "gateway")
+		"--kubeconfig", kubeconfig), append(brokerEnv, "POD_NAMESPACE="+brokerNamespace), // its start claims (Leases) live there
+		filepath.Join(s.LogDir, "secret-broker.log"), "grpc", "gateway")
 	if err != nil {
 		return err
 	}

@@ -12,6 +12,7 @@ package podrun
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
@@ -27,6 +28,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/util/retry"
 )
 
 // Runner runs containers of one Pod.
@@ -109,13 +111,29 @@ func (r *Runner) Command(ctx context.Context, name string) (*exec.Cmd, error) {
 	return cmd, nil
 }
 
-// Run runs container name to completion.
+// Run runs container name to completion. Like a kubelet, it reports the
+// container's status in the Pod's status: running with a new container ID
+// when it starts (restartCount one more than the last status's, when the
+// container ran before), terminated with the exit code when it ends. Unlike
+// a kubelet, it reports the start before the process starts, so readers of
+// the status never see it late.
 func (r *Runner) Run(ctx context.Context, name string) (Result, error) {
 	cmd, err := r.Command(ctx, name)
 	if err != nil {
 		return Result{}, err
 	}
+	id := "podrun://" + rand.Text()
 	start := time.Now()
+	if err := r.reportStatus(ctx, name, func(st *corev1.ContainerStatus) {
+		if st.ContainerID != "" {
+			st.RestartCount++
+			st.LastTerminationState = st.State
+		}
+		st.ContainerID, st.Started, st.Ready = id, ptr(true), true
+		st.State = corev1.ContainerState{Running: &corev1.ContainerStateRunning{StartedAt: metav1.NewTime(start)}}
+	}); err != nil {
+		return Result{}, err
+	}
 	err = cmd.Run()
 	res := Result{Took: time.Since(start)}
 	var ee *exec.ExitError
@@ -126,8 +144,57 @@ func (r *Runner) Run(ctx context.Context, name string) (Result, error) {
 	default:
 		return res, fmt.Errorf("run container %q: %w", name, err)
 	}
+	if err := r.reportStatus(ctx, name, func(st *corev1.ContainerStatus) {
+		st.Started, st.Ready = ptr(false), false
+		st.State = corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{
+			ExitCode: int32(res.ExitCode), StartedAt: metav1.NewTime(start), FinishedAt: metav1.Now(), ContainerID: id,
+		}}
+	}); err != nil {
+		return res, err
+	}
 	return res, nil
 }
+
+// reportStatus changes the status of container name in the Pod's status
+// (a new one when it has none) through the status subresource.
+func (r *Runner) reportStatus(ctx context.Context, name string, change func(*corev1.ContainerStatus)) error {
+	c, err := r.Container(name)
+	if err != nil {
+		return err
+	}
+	init := slices.ContainsFunc(r.Pod.Spec.InitContainers, func(ic corev1.Container) bool { return ic.Name == name })
+	pods := r.Client.CoreV1().Pods(r.Pod.Namespace)
+	err = retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		pod, err := pods.Get(ctx, r.Pod.Name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		if pod.UID != r.Pod.UID {
+			return fmt.Errorf("pod %s/%s was recreated", r.Pod.Namespace, r.Pod.Name)
+		}
+		list := &pod.Status.ContainerStatuses
+		if init {
+			list = &pod.Status.InitContainerStatuses
+		}
+		i := slices.IndexFunc(*list, func(st corev1.ContainerStatus) bool { return st.Name == name })
+		if i < 0 {
+			*list = append(*list, corev1.ContainerStatus{Name: name, Image: c.Image, ImageID: c.Image})
+			i = len(*list) - 1
+		}
+		change(&(*list)[i])
+		if !init && (pod.Status.Phase == "" || pod.Status.Phase == corev1.PodPending) {
+			pod.Status.Phase = corev1.PodRunning
+		}
+		_, err = pods.UpdateStatus(ctx, pod, metav1.UpdateOptions{})
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("report the status of container %q: %w", name, err)
+	}
+	return nil
+}
+
+func ptr[T any](v T) *T { return &v }
 
 // mount is a container mount mapped to a host directory.
 type mount struct{ path, host string }
