@@ -66,7 +66,9 @@ func TestEndToEnd(t *testing.T) {
 	t.Run("same request over mTLS gRPC", func(t *testing.T) {
 		client := w.grpcClient(t, w.client.ClientConfig("127.0.0.1"))
 		md := metadata.Pairs("authorization", "Bearer "+tokWeb)
-		resp, err := client.GetSecrets(metadata.NewOutgoingContext(ctx, md), &secretbrokerv1.GetSecretsRequest{ContainerUid: ctrWeb.uid, Signature: ctrWeb.signature, Keys: []string{"db"}})
+		// The same fetch (its fetch id) over the other transport: the
+		// broker answers a container start once, and its retries.
+		resp, err := client.GetSecrets(metadata.NewOutgoingContext(ctx, md), &secretbrokerv1.GetSecretsRequest{ContainerUid: ctrWeb.uid, Signature: ctrWeb.signature, Keys: []string{"db"}, FetchId: ctrWeb.fetchID})
 		if err != nil || resp.GetValues()["db"] != dbA {
 			t.Errorf("GetSecrets = %v, %v", resp.GetSourceName(), err)
 		}

@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
 	"github.com/piggysec/piggy/libs/awslocal"
 	"github.com/piggysec/piggy/libs/kubetest"
 )
@@ -47,6 +49,7 @@ func TestRolloutOf500Pods(t *testing.T) {
 	wave := func(name string) {
 		t.Helper()
 		reviewsBefore := w.apiserverTokenReviews(t)
+		leasesBefore := w.apiserverLeaseRequests(t)
 		readsBefore := w.aws.Calls(awslocal.ServiceSecretsManager, "GetSecretValue")
 		pool := x509.NewCertPool()
 		pool.AppendCertsFromPEM(w.ca.CertPEM)
@@ -85,10 +88,17 @@ func TestRolloutOf500Pods(t *testing.T) {
 		}
 		reads := w.aws.Calls(awslocal.ServiceSecretsManager, "GetSecretValue") - readsBefore
 		reviews := w.apiserverTokenReviews(t) - reviewsBefore
+		leases := w.apiserverLeaseRequests(t)
+		for verb := range leases {
+			leases[verb] -= leasesBefore[verb]
+		}
 		slices.Sort(latencies)
-		t.Logf("%s: %d/%d OK in %s; AWS GetSecretValue calls: %d; apiserver TokenReviews: %.0f for %d distinct tokens; latency p50 %s p99 %s max %s",
-			name, ok, pods, took.Round(time.Millisecond), reads, reviews, pods,
+		t.Logf("%s: %d/%d OK in %s; AWS GetSecretValue calls: %d; apiserver TokenReviews: %.0f for %d distinct tokens; start claim Leases: %.0f creates, %.0f gets, %.0f deletes; latency p50 %s p99 %s max %s",
+			name, ok, pods, took.Round(time.Millisecond), reads, reviews, pods, leases["POST"], leases["GET"], leases["DELETE"],
 			latencies[pods/2].Round(time.Millisecond), latencies[pods*99/100].Round(time.Millisecond), latencies[pods-1].Round(time.Millisecond))
+		if leases["POST"] != pods {
+			t.Errorf("%s: %.0f Lease creates, want one per container start (%d)", name, leases["POST"], pods)
+		}
 		if ok != pods {
 			t.Errorf("%s: %d of %d requests succeeded", name, ok, pods)
 		}
@@ -100,6 +110,19 @@ func TestRolloutOf500Pods(t *testing.T) {
 		}
 	}
 	wave("first wave")
+	// Every container restarts (the kubelet reports restartCount 1) and its
+	// new piggy-env process asks again: once-per-start answers a start
+	// once, so the second wave is the next start of each pod.
+	forEach(t, pods, 16, func(i int) error {
+		pod, err := w.cs.CoreV1().Pods(ns).Get(context.Background(), fmt.Sprintf("web-%03d", i), metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		w.restart(t, pod) // status reported: restart 0
+		w.restart(t, pod) // restart 1
+		callers[i].ctr = callers[i].ctr.nextFetch()
+		return nil
+	})
 	wave("second wave (warm caches)")
 
 	m := w.brokerMetrics(t)

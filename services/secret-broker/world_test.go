@@ -30,6 +30,7 @@ import (
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/util/retry"
 
 	"github.com/piggysec/piggy/libs/awslocal"
 	secretbrokerv1 "github.com/piggysec/piggy/libs/gen/piggy/secretbroker/v1"
@@ -212,6 +213,25 @@ func newWorld(t testing.TB, opts worldOptions) *world {
 		if _, err := w.cs.RbacV1().ClusterRoleBindings().Create(ctx, binding, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}
+		// Start claims: Leases in the broker's own namespace only (the
+		// chart's Role).
+		claims := &rbacv1.Role{
+			ObjectMeta: metav1.ObjectMeta{Name: "piggy-secret-broker-start-claims", Namespace: brokerNS},
+			Rules: []rbacv1.PolicyRule{
+				{APIGroups: []string{"coordination.k8s.io"}, Resources: []string{"leases"}, Verbs: []string{"create", "get", "delete", "deletecollection"}},
+			},
+		}
+		if _, err := w.cs.RbacV1().Roles(brokerNS).Create(ctx, claims, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		claimsBinding := &rbacv1.RoleBinding{
+			ObjectMeta: metav1.ObjectMeta{Name: claims.Name, Namespace: brokerNS},
+			RoleRef:    rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "Role", Name: claims.Name},
+			Subjects:   []rbacv1.Subject{{Kind: "ServiceAccount", Namespace: brokerNS, Name: brokerSA}},
+		}
+		if _, err := w.cs.RbacV1().RoleBindings(brokerNS).Create(ctx, claimsBinding, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
 	}
 	apiToken, err := kubetest.RequestToken(ctx, w.cs, brokerNS, brokerSA, kubetest.TokenOptions{})
 	if err != nil {
@@ -284,6 +304,7 @@ current-context: c
 		"--aws-max-backoff=100ms",
 	}, opts.args...)
 	env := append([]string{
+		"POD_NAMESPACE=" + brokerNS,
 		"AWS_REGION=" + awsRegion,
 		"AWS_ROLE_ARN=" + brokerRole,
 		"AWS_WEB_IDENTITY_TOKEN_FILE=" + tokenFile,
@@ -366,11 +387,55 @@ func (w *world) namespace(prefix string, serviceAccounts ...string) string {
 }
 
 // container is a piggy-launched container as the admission-gateway leaves
-// it: a UID and the signature of its command line in the pod annotation.
+// it: a UID and the signature of its command line in the pod annotation,
+// and the fetch id of the piggy-env process that asks for it (each of its
+// requests is an attempt of that one fetch; empty sends none, as a
+// piggy-env older than once-per-start).
 type container struct {
 	uid       string
 	signature string
+	fetchID   string
 }
+
+// newFetchID is a fetch id as piggy-env makes one per process.
+func newFetchID() string { return podidentity.NewUID()[:32] }
+
+// nextFetch is the container asked for by another piggy-env process.
+func (c container) nextFetch() container {
+	c.fetchID = newFetchID()
+	return c
+}
+
+// restart reports the next start of container "main" of pod, as the
+// kubelet does after a restart: its restartCount one more.
+func (w *world) restart(t testing.TB, pod *corev1.Pod) int32 {
+	t.Helper()
+	var n int32
+	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		p, err := w.cs.CoreV1().Pods(pod.Namespace).Get(context.Background(), pod.Name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		if len(p.Status.ContainerStatuses) == 0 {
+			p.Status.ContainerStatuses = []corev1.ContainerStatus{{Name: "main", Image: p.Spec.Containers[0].Image}}
+		} else {
+			p.Status.ContainerStatuses[0].RestartCount++
+		}
+		st := &p.Status.ContainerStatuses[0]
+		st.ContainerID = "containerd://" + podidentity.NewUID()
+		st.State = corev1.ContainerState{Running: &corev1.ContainerStateRunning{StartedAt: metav1.Now()}}
+		st.Started, st.Ready = ptr(true), true
+		n = st.RestartCount
+		_, err = w.cs.CoreV1().Pods(pod.Namespace).UpdateStatus(context.Background(), p, metav1.UpdateOptions{})
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+func ptr[T any](v T) *T { return &v }
 
 // piggyPod creates a pod as the admission-gateway leaves it: its "main"
 // container starts through piggy-env with a PIGGY_UID and the grant of
@@ -394,7 +459,7 @@ func (w *world) launchedPod(ns, name, sa string, annotations map[string]string, 
 // createLaunchedPod is launchedPod for goroutines: it returns errors.
 func (w *world) createLaunchedPod(ns, name, sa string, annotations map[string]string, keys ...string) (*corev1.Pod, container, error) {
 	command := []string{"/app/server", "--port=8080"}
-	ctr := container{uid: podidentity.NewUID(), signature: podidentity.Signature(command)}
+	ctr := container{uid: podidentity.NewUID(), signature: podidentity.Signature(command), fetchID: newFetchID()}
 	pod, err := kubetest.CreatePod(context.Background(), w.cs, ns, name, sa, func(p *corev1.Pod) {
 		p.Annotations = map[string]string{podidentity.AnnotationKey: podidentity.Identities{"main": {UID: ctr.uid, Signature: ctr.signature}}.Format()}
 		for k, v := range annotations {
@@ -454,7 +519,11 @@ func (w *world) getSecretsWith(t testing.TB, client *http.Client, token string, 
 
 // tryGetSecrets is getSecrets for goroutines: it returns errors.
 func (w *world) tryGetSecrets(client *http.Client, token string, ctr container, keys ...string) (answer, error) {
-	body, _ := json.Marshal(map[string]any{"containerUid": ctr.uid, "signature": ctr.signature, "keys": keys})
+	fields := map[string]any{"containerUid": ctr.uid, "signature": ctr.signature, "keys": keys}
+	if ctr.fetchID != "" {
+		fields["fetchId"] = ctr.fetchID
+	}
+	body, _ := json.Marshal(fields)
 	req, err := http.NewRequest(http.MethodPost, "https://"+w.addrs["gateway"]+"/v1/secrets", bytes.NewReader(body))
 	if err != nil {
 		return answer{}, err
@@ -530,4 +599,21 @@ func (w *world) apiserverTokenReviews(t testing.TB) float64 {
 		t.Fatal(err)
 	}
 	return metric(string(raw), "apiserver_request_total", "resource", "tokenreviews", "verb", "POST")
+}
+
+// apiserverLeaseRequests counts the Lease requests the apiserver has
+// served, by verb (POST, GET, DELETE), from its own metrics. They are the
+// cluster's: the apiserver's renewals of its own identity Lease are in the
+// GETs.
+func (w *world) apiserverLeaseRequests(t testing.TB) map[string]float64 {
+	t.Helper()
+	raw, err := w.cs.CoreV1().RESTClient().Get().AbsPath("/metrics").DoRaw(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]float64{}
+	for _, verb := range []string{"POST", "GET", "DELETE"} {
+		out[verb] = metric(string(raw), "apiserver_request_total", "resource", "leases", "verb", verb)
+	}
+	return out
 }
