@@ -595,7 +595,18 @@ func TestRBAC(t *testing.T) {
 			t.Errorf("%s: ServiceAccount mounts its token by default", c)
 		}
 	}
-	if roles := find(objs, "Role", ""); len(roles) != 0 {
+	// The only Role by default: the broker's start claims, Leases in the
+	// release namespace.
+	claims := one[rbacv1.Role](t, objs, "Role", name("secret-broker")+"-start-claims")
+	wantClaims := []rbacv1.PolicyRule{{APIGroups: []string{"coordination.k8s.io"}, Resources: []string{"leases"}, Verbs: []string{"create", "get", "delete", "deletecollection"}}}
+	if diff := cmp.Diff(wantClaims, claims.Rules); diff != "" || claims.Namespace != releaseNamespace {
+		t.Errorf("start claims Role in %q (-want +got):\n%s", claims.Namespace, diff)
+	}
+	rb := one[rbacv1.RoleBinding](t, objs, "RoleBinding", name("secret-broker")+"-start-claims")
+	if rb.Namespace != releaseNamespace || len(rb.Subjects) != 1 || rb.Subjects[0].Name != name("secret-broker") || rb.RoleRef.Name != claims.Name {
+		t.Errorf("start claims binding %+v", rb)
+	}
+	if roles := find(objs, "Role", ""); len(roles) != 1 {
 		t.Errorf("default render grants Secret reads: %s", names(roles))
 	}
 	// Secret reads are granted per listed namespace, never in the
@@ -618,11 +629,14 @@ func TestRBAC(t *testing.T) {
 	if out, err := helmTemplateRaw(t, "--set-json", `admission-gateway.secretReadNamespaces=["`+releaseNamespace+`"]`); err == nil || !strings.Contains(out, "must not list the release namespace") {
 		t.Errorf("secretReadNamespaces with the release namespace rendered: %v\n%.300s", err, out)
 	}
-	objs = helmTemplate(t, "--set", "secret-broker.podInformer=false", "--set", "image-resolver.pullSecrets=false",
+	objs = helmTemplate(t, "--set", "secret-broker.podInformer=false", "--set", "secret-broker.oncePerStart=false", "--set", "image-resolver.pullSecrets=false",
 		"--set", "secret-broker.aws.roleArn=arn:aws:iam::123456789012:role/piggy-broker")
 	cr := one[rbacv1.ClusterRole](t, objs, "ClusterRole", name("secret-broker"))
 	if !slices.Equal(cr.Rules[1].Verbs, []string{"get"}) {
 		t.Errorf("without the informer the broker needs get only, has %v", cr.Rules[1].Verbs)
+	}
+	if len(find(objs, "Role", "")) != 0 {
+		t.Errorf("without once-per-start the broker still has a Role: %s", names(find(objs, "Role", "")))
 	}
 	if len(find(objs, "ClusterRole", name("image-resolver"))) != 0 {
 		t.Error("image-resolver without pull secrets still has a ClusterRole")
@@ -653,6 +667,7 @@ func TestRefusedValues(t *testing.T) {
 		{"resolver disabled without address", []string{"--set", "image-resolver.enabled=false"}, "image-resolver.enabled=false but admission-gateway.imageResolverAddress"},
 		{"PDB that blocks drains", []string{"--set", "secret-broker.replicaCount=1", "--set", "secret-broker.podDisruptionBudget.minAvailable=1"}, "allows no voluntary disruption"},
 		{"webhook timeout", []string{"--set", "webhook.timeoutSeconds=31"}, "timeoutSeconds"},
+		{"once per start without the informer", []string{"--set", "secret-broker.podInformer=false"}, "secret-broker.oncePerStart needs secret-broker.podInformer"},
 		{"bad locked setting", []string{"--set-json", `global.lockedSettings=["aws-regoin"]`}, "lockedSettings"},
 	}
 	for _, tt := range tests {
