@@ -14,7 +14,9 @@ func TestLifecycle(t *testing.T) {
 		Dir:   ".",
 		GRPC:  map[string]string{"grpc": "grpc-address"},
 		HTTPS: map[string]string{"gateway": "listen-address"},
-		Args:  []string{"--kubeconfig", proctest.UnreachableKubeconfig(t)},
+		// --once-per-start (the default) keeps its claims in the broker's
+		// namespace, the in-cluster one unless given.
+		Args: []string{"--kubeconfig", proctest.UnreachableKubeconfig(t), "--pod-namespace", "piggy-system"},
 		Callers: map[string]map[string]proctest.Caller{"grpc": {
 			// GetSecrets authenticates by the pod token in the request.
 			secretbrokerv1.SecretBrokerService_GetSecrets_FullMethodName:    proctest.AnyClient,
