@@ -11,17 +11,14 @@ import (
 	"testing"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-
 	"github.com/piggysec/piggy/libs/awslocal"
 	"github.com/piggysec/piggy/libs/kubetest"
 )
 
 // The tests of this file reproduce, through the real broker process, the
 // real apiserver's TokenReviews and awslocal over TLS, what a pod could make
-// the broker ask of AWS (issue 13, item 4) and learn about other tenants'
-// secrets from its refusals (item 5).
+// the broker ask of AWS and learn about other tenants' secrets from its
+// refusals.
 
 // negativeTTL is the broker's --negative-cache-ttl default; readBurst and
 // readInterval are its --pod-aws-read-burst and --pod-aws-read-interval
@@ -31,27 +28,6 @@ const (
 	readBurst    = 10
 	readInterval = 6 * time.Second
 )
-
-// restart records in the pod's status that its container "main" started
-// for the n-th time, as the kubelet does when a crash-looping container is
-// started again, so that each request below is from a new container start.
-func (w *world) restart(t testing.TB, pod *corev1.Pod, n int) {
-	t.Helper()
-	ctx := context.Background()
-	cur, err := w.cs.CoreV1().Pods(pod.Namespace).Get(ctx, pod.Name, metav1.GetOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cur.Status.Phase = corev1.PodRunning
-	cur.Status.ContainerStatuses = []corev1.ContainerStatus{{
-		Name: "main", Image: cur.Spec.Containers[0].Image, ImageID: "sha256:0", Ready: false, Started: new(true),
-		RestartCount: int32(n), ContainerID: fmt.Sprintf("containerd://start-%d", n),
-		State: corev1.ContainerState{Running: &corev1.ContainerStateRunning{StartedAt: metav1.Now()}},
-	}}
-	if _, err := w.cs.CoreV1().Pods(pod.Namespace).UpdateStatus(ctx, cur, metav1.UpdateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-}
 
 // reads is the number of GetSecretValue calls awslocal has served.
 func (w *world) reads() int {
@@ -159,8 +135,8 @@ func TestDeniedNamesCostNoAWSReads(t *testing.T) {
 	})
 }
 
-// TestCrashLoopOnAMissingSecret is figure (b) of issue 13: a pod whose
-// secret does not exist starts 50 times (its container status says so each
+// TestCrashLoopOnAMissingSecret: a pod whose secret does not exist starts
+// 50 times (its container status says so each
 // time, as the kubelet's would) and asks each time. The missing secret is
 // remembered for --negative-cache-ttl, so AWS is read once per TTL rather
 // than once per start (before: 50 reads); the token is reviewed once.
@@ -172,7 +148,7 @@ func TestCrashLoopOnAMissingSecret(t *testing.T) {
 	tok := w.podToken(pod)
 	reviewsBefore, readsBefore, start := w.apiserverTokenReviews(t), w.reads(), time.Now()
 	for i := range starts {
-		w.restart(t, pod, i)
+		w.restart(t, pod)
 		got := w.getSecrets(t, tok, ctr, "db")
 		if got.Status != http.StatusNotFound || !strings.Contains(got.Message, ns+"/web") {
 			t.Fatalf("start %d: %+v, want 404 naming the secret", i, got)
@@ -203,7 +179,7 @@ func TestCreatedSecretIsSeenAfterTheNegativeTTL(t *testing.T) {
 	ns := w.namespace("team-late-", "web")
 	pod, ctr := w.launchedPod(ns, "late", "web", nil, "db")
 	tok := w.podToken(pod)
-	w.restart(t, pod, 0)
+	w.restart(t, pod)
 	if got := w.getSecrets(t, tok, ctr, "db"); got.Status != http.StatusNotFound {
 		t.Fatalf("before the secret exists: %+v, want 404", got)
 	}
@@ -211,7 +187,7 @@ func TestCreatedSecretIsSeenAfterTheNegativeTTL(t *testing.T) {
 	w.seed(ns+"/web", map[string]string{"db": value})
 	deadline := time.Now().Add(60 * time.Second)
 	for i := 1; ; i++ {
-		w.restart(t, pod, i)
+		w.restart(t, pod)
 		got := w.getSecrets(t, tok, ctr, "db")
 		if got.Status == http.StatusOK && got.Values["db"] == value {
 			break
@@ -239,7 +215,7 @@ func TestPodAWSReadBudget(t *testing.T) {
 	before, start := w.reads(), time.Now()
 	limited := 0
 	for i := range requests {
-		w.restart(t, pod, i)
+		w.restart(t, pod)
 		got := w.getSecrets(t, tok, ctr, "db")
 		switch {
 		case got.Status == http.StatusOK && got.Values["db"] == value:
