@@ -93,9 +93,10 @@ func TestRolloutOf500Pods(t *testing.T) {
 			leases[verb] -= leasesBefore[verb]
 		}
 		slices.Sort(latencies)
-		t.Logf("%s: %d/%d OK in %s; AWS GetSecretValue calls: %d; apiserver TokenReviews: %.0f for %d distinct tokens; start claim Leases: %.0f creates, %.0f gets, %.0f deletes; latency p50 %s p99 %s max %s",
+		rss := metric(w.brokerMetrics(t), "process_resident_memory_bytes") / (1 << 20)
+		t.Logf("%s: %d/%d OK in %s; AWS GetSecretValue calls: %d; apiserver TokenReviews: %.0f for %d distinct tokens; start claim Leases: %.0f creates, %.0f gets, %.0f deletes; latency p50 %s p99 %s max %s; broker RSS after %.1f MiB",
 			name, ok, pods, took.Round(time.Millisecond), reads, reviews, pods, leases["POST"], leases["GET"], leases["DELETE"],
-			latencies[pods/2].Round(time.Millisecond), latencies[pods*99/100].Round(time.Millisecond), latencies[pods-1].Round(time.Millisecond))
+			latencies[pods/2].Round(time.Millisecond), latencies[pods*99/100].Round(time.Millisecond), latencies[pods-1].Round(time.Millisecond), rss)
 		if leases["POST"] != pods {
 			t.Errorf("%s: %.0f Lease creates, want one per container start (%d)", name, leases["POST"], pods)
 		}
