@@ -161,7 +161,7 @@ func TestCrashLoopOnAMissingSecret(t *testing.T) {
 		t.Fatal(err)
 	}
 	bound := 1 + int(took/negativeTTL)
-	t.Logf("figure (b): %d starts of a pod whose secret is missing in %s: AWS GetSecretValue calls %d (bound %d), apiserver TokenReviews %.0f, broker peak RSS %.1f MiB",
+	t.Logf("%d starts of a pod whose secret is missing in %s: AWS GetSecretValue calls %d (bound %d), apiserver TokenReviews %.0f, broker peak RSS %.1f MiB",
 		starts, took.Round(time.Millisecond), reads, bound, reviews, float64(rss)/(1<<20))
 	if reads > bound {
 		t.Errorf("AWS reads = %d for %d starts, want at most %d (one per %s)", reads, starts, bound, negativeTTL)
