@@ -67,6 +67,20 @@ kube-binaries: ## Build and cache kube-apiserver and etcd for the real-cluster t
 test: lint check-generate kube-binaries chart-tools ## Everything CI runs: lint, generated-code check, every module's tests with -race.
 	go test -race -count=1 -timeout $(TEST_TIMEOUT) $(GO_PACKAGES)
 
+# The flake hunt: every test STRESS_COUNT times in a row (go test -count)
+# while STRESS_LOAD busy loops compete for the processors, as another build
+# would. STRESS_PACKAGES narrows it.
+STRESS_COUNT    ?= 20
+STRESS_LOAD     ?= 2
+STRESS_PACKAGES ?= $(GO_PACKAGES)
+
+.PHONY: stress
+stress: kube-binaries chart-tools ## Run the tests STRESS_COUNT (20) times in a row under CPU contention (STRESS_LOAD busy loops); a flake fails it.
+	@loads=(); for i in $$(seq $(STRESS_LOAD)); do (while :; do :; done) & loads+=($$!); done; \
+		trap 'kill $${loads[@]} 2>/dev/null' EXIT; \
+		echo "go test -count=$(STRESS_COUNT) with $(STRESS_LOAD) busy loops"; \
+		go test -race -count=$(STRESS_COUNT) -failfast -timeout 0 $(STRESS_PACKAGES)
+
 .PHONY: chart-test
 chart-test: kube-binaries chart-tools ## Chart, image and compose checks only (libs/deploytest).
 	go test -race -timeout $(TEST_TIMEOUT) ./libs/deploytest/
