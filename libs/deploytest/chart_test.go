@@ -458,7 +458,7 @@ func TestPodDefaults(t *testing.T) {
 			v = "Always"
 		case podsettings.DNSResolver:
 			v = "tcp"
-		case podsettings.NumberOfRetry:
+		case podsettings.Retries, podsettings.NumberOfRetry:
 			v = "3"
 		}
 		args = append(args, "--set-string", "global.podDefaults."+n+"="+v)

@@ -51,8 +51,13 @@ const (
 	DefaultSecretNameSuffix       = "piggy-default-secret-name-suffix"
 	DNSResolver                   = "piggy-dns-resolver"
 	InitialDelay                  = "piggy-initial-delay"
-	NumberOfRetry                 = "piggy-number-of-retry"
-	UID                           = "piggy-uid"
+	// Retries counts the retries after the first attempt.
+	Retries = "piggy-retries"
+	// NumberOfRetry is the original Piggy's name of the retry setting. It
+	// keeps the original's meaning: it counts attempts, the first included
+	// (3 means 3 attempts, that is 2 retries). Retries wins when both are set.
+	NumberOfRetry = "piggy-number-of-retry"
+	UID           = "piggy-uid"
 )
 
 // Names lists every annotation a pod may set (piggy-uid is written by the
@@ -63,7 +68,7 @@ var Names = []string{
 	PiggyEnvResourceCPULimit, PiggyEnvResourceMemoryLimit, PSPAllowPrivilegeEscalation, IgnoreNoEnv,
 	EnforceIntegrity, EnforceServiceAccount, Debug, ImagePullSecret, ImagePullSecretNamespace,
 	ImageSkipVerifyRegistry, DefaultSecretNamePrefix, DefaultSecretNameSuffix, DNSResolver,
-	InitialDelay, NumberOfRetry,
+	InitialDelay, Retries, NumberOfRetry,
 }
 
 // annotationKeys maps every name of Names to its full annotation key, so
@@ -142,7 +147,9 @@ type Settings struct {
 	SecretNameSuffix         string
 	DNSResolver              string
 	InitialDelay             time.Duration
-	NumberOfRetry            int
+	// Retries after the first attempt, from piggy-retries or the original's
+	// piggy-number-of-retry (attempts, converted: N attempts are N-1 retries).
+	Retries int
 }
 
 // Configured reports whether a piggy source is set for the pod: a secret
@@ -228,7 +235,7 @@ func Read(annotations map[string]string, defaults Defaults) Result {
 		s.DNSResolver = ""
 	}
 	s.InitialDelay = r.duration(InitialDelay)
-	s.NumberOfRetry = r.retries(NumberOfRetry)
+	s.Retries = r.retries()
 
 	if s.SecretName != "" && s.SSMParameterPath != "" {
 		r.warn(AWSSSMParameterPath, "both a secret name and an SSM path are set; the SSM path is used")
@@ -333,17 +340,75 @@ func (r reader) duration(name string) time.Duration {
 	return d
 }
 
-func (r reader) retries(name string) int {
-	v := r.str(name, "")
+// retries resolves the retry count from its two names: piggy-retries
+// (retries after the first attempt) and the original Piggy's
+// piggy-number-of-retry (attempts, the first included). A pod's own value
+// beats a cluster default whichever name either uses; at the same level
+// piggy-retries wins. The two names are one setting: locking either locks
+// both.
+func (r reader) retries() int {
+	if r.defaults.Locked[Retries] || r.defaults.Locked[NumberOfRetry] {
+		for _, n := range []string{Retries, NumberOfRetry} {
+			if v, ok := r.annotations[Key(n)]; ok && v != r.defaults.Values[n] {
+				r.warn(n, "set by the cluster operator; the pod's value is ignored")
+			}
+		}
+	} else if n, ok := r.retriesFrom(func(name string) (string, bool) {
+		v, ok := r.annotations[Key(name)]
+		return v, ok
+	}); ok {
+		return n
+	}
+	n, _ := r.retriesFrom(func(name string) (string, bool) {
+		v, ok := r.defaults.Values[name]
+		return v, ok
+	})
+	return n
+}
+
+// retriesFrom reads the retry count from one level (the pod's annotations
+// or the cluster defaults); ok is false when that level sets neither name.
+func (r reader) retriesFrom(lookup func(name string) (string, bool)) (n int, ok bool) {
+	retries, hasRetries := lookup(Retries)
+	attempts, hasAttempts := lookup(NumberOfRetry)
+	switch {
+	case hasRetries:
+		if hasAttempts {
+			r.warn(NumberOfRetry, "ignored: %s%s is set too and wins", Prefix, Retries)
+		}
+		return r.retryCount(strings.TrimSpace(retries)), true
+	case hasAttempts:
+		return r.attemptCount(strings.TrimSpace(attempts)), true
+	}
+	return 0, false
+}
+
+// retryCount parses piggy-retries.
+func (r reader) retryCount(v string) int {
 	if v == "" {
 		return 0
 	}
 	n, err := strconv.Atoi(v)
 	if err != nil || n < 0 {
-		r.warn(name, "%q is not a non-negative number of retries; using 0", v)
+		r.warn(Retries, "%q is not a non-negative number of retries after the first attempt; using 0", v)
 		return 0
 	}
 	return n
+}
+
+// attemptCount parses piggy-number-of-retry, which counts attempts as in
+// the original Piggy, into retries after the first. As there, a value
+// below 1 or one that does not parse means a single attempt.
+func (r reader) attemptCount(v string) int {
+	if v == "" {
+		return 0
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 {
+		r.warn(NumberOfRetry, "%q is not a number of attempts of at least 1 (it counts attempts, the first included, as in the original Piggy); using 1 attempt. For retries after the first attempt use %s%s", v, Prefix, Retries)
+		return 0
+	}
+	return n - 1
 }
 
 func (r reader) warn(name, format string, args ...any) {

@@ -10,7 +10,7 @@ func TestReadDefaultsAndOverrides(t *testing.T) {
 	env := map[string]string{
 		"AWS_REGION":                       "eu-west-1",
 		"PIGGY_ADDRESS":                    "https://broker:8443",
-		"PIGGY_NUMBER_OF_RETRY":            "2",
+		"PIGGY_RETRIES":                    "2",
 		"PIGGY_DEFAULT_SECRET_NAME_PREFIX": "prod/",
 		"PIGGY_ENFORCE_INTEGRITY":          "false",
 	}
@@ -22,7 +22,7 @@ func TestReadDefaultsAndOverrides(t *testing.T) {
 		"unrelated/annotation":           "x",
 	}, d)
 	s := res.Settings
-	if s.Region != "us-east-2" || s.Address != "https://broker:8443" || s.NumberOfRetry != 2 || s.InitialDelay != 2*time.Second {
+	if s.Region != "us-east-2" || s.Address != "https://broker:8443" || s.Retries != 2 || s.InitialDelay != 2*time.Second {
 		t.Errorf("settings = %+v", s)
 	}
 	if s.SecretNamePrefix != "prod/" {
@@ -53,7 +53,9 @@ func TestReadBadValues(t *testing.T) {
 		{Standalone, "maybe", "", `"maybe" is not a boolean`},
 		{InitialDelay, "soon", "not a non-negative duration", ""},
 		{InitialDelay, "-1s", "not a non-negative duration", ""},
-		{NumberOfRetry, "-1", "not a non-negative number", ""},
+		{Retries, "-1", "not a non-negative number of retries", ""},
+		{NumberOfRetry, "-1", "not a number of attempts of at least 1", ""},
+		{NumberOfRetry, "three", "not a number of attempts of at least 1", ""},
 		{PiggyEnvResourceCPULimit, "lots", "not a resource quantity", ""},
 		{PiggyEnvImagePullPolicy, "Sometimes", "using IfNotPresent", ""},
 		{DNSResolver, "carrier-pigeon", "not a Go resolver network", ""},
@@ -130,6 +132,79 @@ func TestSecuritySettingsAreTightenOnly(t *testing.T) {
 			warned := strings.Contains(strings.Join(res.Warnings, "\n"), "never off")
 			if warned != tt.warned {
 				t.Errorf("warnings %q, want a tighten-only warning: %t", res.Warnings, tt.warned)
+			}
+		})
+	}
+}
+
+// The original Piggy's piggy-number-of-retry counts attempts (its piggy-env
+// tried "for i := 0; i < numberOfRetry; i++", default 1, and its webhook
+// passed values above 0 only); piggy-retries counts retries after the first.
+func TestRetries(t *testing.T) {
+	defaults := func(env map[string]string, locked ...string) Defaults {
+		return LoadDefaults(func(k string) string { return env[k] }, locked)
+	}
+	tests := []struct {
+		name        string
+		defaults    Defaults
+		annotations map[string]string
+		want        int
+		wantWarning string
+	}{
+		{name: "unset: one attempt", want: 0},
+		{name: "old name counts attempts", annotations: map[string]string{Prefix + NumberOfRetry: "3"}, want: 2},
+		{name: "old name 1 is one attempt", annotations: map[string]string{Prefix + NumberOfRetry: "1"}, want: 0},
+		{name: "old name 0 is one attempt, with a warning", annotations: map[string]string{Prefix + NumberOfRetry: "0"}, want: 0, wantWarning: `"0" is not a number of attempts of at least 1`},
+		{name: "old name negative", annotations: map[string]string{Prefix + NumberOfRetry: "-4"}, want: 0, wantWarning: `"-4" is not a number of attempts`},
+		{name: "old name junk", annotations: map[string]string{Prefix + NumberOfRetry: "3x"}, want: 0, wantWarning: "use piggysec.com/piggy-retries"},
+		{name: "old name overflow", annotations: map[string]string{Prefix + NumberOfRetry: "99999999999999999999"}, want: 0, wantWarning: "not a number of attempts"},
+		{name: "old name trimmed", annotations: map[string]string{Prefix + NumberOfRetry: " 5 "}, want: 4},
+		{name: "new name counts retries", annotations: map[string]string{Prefix + Retries: "3"}, want: 3},
+		{name: "new name 0", annotations: map[string]string{Prefix + Retries: "0"}, want: 0},
+		{name: "new name junk", annotations: map[string]string{Prefix + Retries: "many"}, want: 0, wantWarning: `"many" is not a non-negative number of retries`},
+		{
+			name:        "both on the pod: the new name wins",
+			annotations: map[string]string{Prefix + Retries: "1", Prefix + NumberOfRetry: "5"},
+			want:        1, wantWarning: "piggy-number-of-retry: ignored: piggysec.com/piggy-retries is set too",
+		},
+		{name: "cluster default with the old name", defaults: defaults(map[string]string{"PIGGY_NUMBER_OF_RETRY": "4"}), want: 3},
+		{name: "cluster default with the new name", defaults: defaults(map[string]string{"PIGGY_RETRIES": "4"}), want: 4},
+		{
+			name:        "a pod's old name beats a default with the new name",
+			defaults:    defaults(map[string]string{"PIGGY_RETRIES": "4"}),
+			annotations: map[string]string{Prefix + NumberOfRetry: "2"}, want: 1,
+		},
+		{
+			name:        "a pod's new name beats a default with the old name",
+			defaults:    defaults(map[string]string{"PIGGY_NUMBER_OF_RETRY": "4"}),
+			annotations: map[string]string{Prefix + Retries: "0"}, want: 0,
+		},
+		{
+			name:        "locking the old name locks the new one",
+			defaults:    defaults(map[string]string{"PIGGY_NUMBER_OF_RETRY": "2"}, NumberOfRetry),
+			annotations: map[string]string{Prefix + Retries: "9"}, want: 1, wantWarning: "piggy-retries: set by the cluster operator",
+		},
+		{
+			name:        "locking the new name locks the old one",
+			defaults:    defaults(map[string]string{"PIGGY_RETRIES": "2"}, Retries),
+			annotations: map[string]string{Prefix + NumberOfRetry: "9"}, want: 2, wantWarning: "piggy-number-of-retry: set by the cluster operator",
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			res := Read(tt.annotations, tt.defaults)
+			if res.Settings.Retries != tt.want {
+				t.Errorf("Retries = %d, want %d", res.Settings.Retries, tt.want)
+			}
+			warnings := strings.Join(res.Warnings, "\n")
+			if tt.wantWarning == "" && warnings != "" {
+				t.Errorf("unexpected warnings %q", warnings)
+			}
+			if !strings.Contains(warnings, tt.wantWarning) {
+				t.Errorf("warnings %q lack %q", warnings, tt.wantWarning)
+			}
+			if res.Denied != "" {
+				t.Errorf("denied: %s", res.Denied)
 			}
 		})
 	}

@@ -579,8 +579,11 @@ func (m *Mutator) launcherEnv(s podsettings.Settings, uid string) []corev1.EnvVa
 	if s.InitialDelay > 0 {
 		set("PIGGY_INITIAL_DELAY", s.InitialDelay.String())
 	}
-	if s.NumberOfRetry > 0 {
-		set("PIGGY_NUMBER_OF_RETRY", strconv.Itoa(s.NumberOfRetry))
+	// PIGGY_RETRIES counts retries after the first attempt, whichever
+	// annotation named the count (the original's piggy-number-of-retry
+	// counts attempts and was converted when read).
+	if s.Retries > 0 {
+		set("PIGGY_RETRIES", strconv.Itoa(s.Retries))
 	}
 	return env
 }

@@ -664,3 +664,39 @@ func envOf(c corev1.Container, name string) string {
 	}
 	return ""
 }
+
+// piggy-env reads PIGGY_RETRIES as retries after the first attempt; the
+// original's piggy-number-of-retry counts attempts and arrives converted.
+func TestRetryEnv(t *testing.T) {
+	tests := []struct {
+		name        string
+		annotations string
+		defaults    map[string]string
+		want        string
+	}{
+		{"unset", ``, nil, ""},
+		{"original name, 3 attempts", `, "piggysec.com/piggy-number-of-retry": "3"`, nil, "2"},
+		{"original name, 1 attempt", `, "piggysec.com/piggy-number-of-retry": "1"`, nil, ""},
+		{"original name, junk", `, "piggysec.com/piggy-number-of-retry": "-2"`, nil, ""},
+		{"retries", `, "piggysec.com/piggy-retries": "3"`, nil, "3"},
+		{"cluster default with the original name", ``, map[string]string{podsettings.NumberOfRetry: "4"}, "3"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m := newTestMutator(Config{Defaults: podsettings.Defaults{Values: tt.defaults}}, &fakeResolver{}, fakeEnv{})
+			pod, raw := podJSON(t, `{"metadata": {"name": "web", "annotations": {"piggysec.com/piggy-address": "`+broker+`"`+tt.annotations+`}},
+				"spec": {"containers": [{"name": "app", "image": "a", "command": ["/app"], "env": [{"name": "A", "value": "piggy:A"}]}]}}`)
+			out := m.Mutate(t.Context(), pod, "team")
+			if out.Denied != "" {
+				t.Fatalf("denied: %s", out.Denied)
+			}
+			c := mustPod(t, apply(t, raw, out.Patch)).Spec.Containers[0]
+			if got := envOf(c, "PIGGY_RETRIES"); got != tt.want {
+				t.Errorf("PIGGY_RETRIES = %q, want %q", got, tt.want)
+			}
+			if got := envOf(c, "PIGGY_NUMBER_OF_RETRY"); got != "" {
+				t.Errorf("PIGGY_NUMBER_OF_RETRY = %q, want it unset (piggy-env reads it as attempts)", got)
+			}
+		})
+	}
+}
