@@ -397,18 +397,19 @@ func (r reader) retryCount(v string) int {
 }
 
 // attemptCount parses piggy-number-of-retry, which counts attempts as in
-// the original Piggy, into retries after the first. As there, a value
-// below 1 or one that does not parse means a single attempt.
+// the original Piggy, into retries after the first. As there, 0 means a
+// single attempt (0 and 1 both mean no retry); a negative value or one that
+// does not parse means a single attempt too, with a warning.
 func (r reader) attemptCount(v string) int {
 	if v == "" {
 		return 0
 	}
 	n, err := strconv.Atoi(v)
-	if err != nil || n < 1 {
-		r.warn(NumberOfRetry, "%q is not a number of attempts of at least 1 (it counts attempts, the first included, as in the original Piggy); using 1 attempt. For retries after the first attempt use %s%s", v, Prefix, Retries)
+	if err != nil || n < 0 {
+		r.warn(NumberOfRetry, "%q is not a non-negative number of attempts (it counts attempts, the first included, as in the original Piggy); using 1 attempt. For retries after the first attempt use %s%s", v, Prefix, Retries)
 		return 0
 	}
-	return n - 1
+	return max(n-1, 0)
 }
 
 func (r reader) warn(name, format string, args ...any) {

@@ -414,9 +414,9 @@ func TestProcessFailures(t *testing.T) {
 			replies: []reply{ok(nil)},
 			env: func(t *testing.T, b *fakeBroker) []string {
 				addr := closedAddr(t)
-				return append(proxyEnv(t, b, "A=piggy:a", "PIGGY_NUMBER_OF_RETRY=2"), "PIGGY_ADDRESS="+addr)
+				return append(proxyEnv(t, b, "A=piggy:a", "PIGGY_RETRIES=2"), "PIGGY_ADDRESS="+addr)
 			},
-			wantExit: 1, wantMsg: []string{"request secrets from https://127.0.0.1:", "connection refused", "after 3 attempts", "PIGGY_NUMBER_OF_RETRY=2"},
+			wantExit: 1, wantMsg: []string{"request secrets from https://127.0.0.1:", "connection refused", "after 3 attempts", "PIGGY_RETRIES=2"},
 			maxElapsed: 20 * time.Second,
 		},
 		{
@@ -432,7 +432,7 @@ func TestProcessFailures(t *testing.T) {
 			name:    "hung broker hits the per-attempt timeout",
 			replies: []reply{{hang: true}},
 			env: func(t *testing.T, b *fakeBroker) []string {
-				return proxyEnv(t, b, "A=piggy:a", "PIGGY_REQUEST_TIMEOUT=200ms", "PIGGY_NUMBER_OF_RETRY=1")
+				return proxyEnv(t, b, "A=piggy:a", "PIGGY_REQUEST_TIMEOUT=200ms", "PIGGY_RETRIES=1")
 			},
 			wantExit: 1, wantMsg: []string{"per-attempt timeout of 200ms", "after 2 attempts"}, wantRequests: 2,
 			maxElapsed: 10 * time.Second,
@@ -441,7 +441,7 @@ func TestProcessFailures(t *testing.T) {
 			name:    "hung broker hits the overall deadline",
 			replies: []reply{{hang: true}},
 			env: func(t *testing.T, b *fakeBroker) []string {
-				return proxyEnv(t, b, "A=piggy:a", "PIGGY_REQUEST_TIMEOUT=300ms", "PIGGY_NUMBER_OF_RETRY=1000", "PIGGY_TIMEOUT=1s")
+				return proxyEnv(t, b, "A=piggy:a", "PIGGY_REQUEST_TIMEOUT=300ms", "PIGGY_RETRIES=1000", "PIGGY_TIMEOUT=1s")
 			},
 			wantExit: 1, wantMsg: []string{"overall timeout of 1s (PIGGY_TIMEOUT)"}, wantRequests: -1,
 			maxElapsed: 10 * time.Second,
@@ -450,7 +450,7 @@ func TestProcessFailures(t *testing.T) {
 			name:    "403 is final",
 			replies: []reply{grpcError(403, 7, "service account team-a:web may not read this secret")},
 			env: func(t *testing.T, b *fakeBroker) []string {
-				return proxyEnv(t, b, "A=piggy:a", "PIGGY_NUMBER_OF_RETRY=5")
+				return proxyEnv(t, b, "A=piggy:a", "PIGGY_RETRIES=5")
 			},
 			wantExit: 1, wantMsg: []string{"HTTP 403 Forbidden (PermissionDenied): service account team-a:web may not read this secret"}, wantRequests: 1,
 		},
@@ -460,7 +460,7 @@ func TestProcessFailures(t *testing.T) {
 			env: func(t *testing.T, b *fakeBroker) []string {
 				other := filepath.Join(t.TempDir(), "ca.crt")
 				os.WriteFile(other, []byte(testCA), 0o444)
-				return append(proxyEnv(t, b, "A=piggy:a", "PIGGY_NUMBER_OF_RETRY=5"), "PIGGY_CA_FILE="+other)
+				return append(proxyEnv(t, b, "A=piggy:a", "PIGGY_RETRIES=5"), "PIGGY_CA_FILE="+other)
 			},
 			wantExit: 1, wantMsg: []string{"certificate signed by unknown authority"},
 		},
@@ -487,7 +487,15 @@ func TestProcessFailures(t *testing.T) {
 			env: func(t *testing.T, b *fakeBroker) []string {
 				return proxyEnv(t, b, "A=piggy:a", "PIGGY_NUMBER_OF_RETRY=-1")
 			},
-			wantExit: 1, wantMsg: []string{`PIGGY_NUMBER_OF_RETRY="-1" must not be negative`},
+			wantExit: 1, wantMsg: []string{`PIGGY_NUMBER_OF_RETRY="-1" must not be negative (it counts attempts`},
+		},
+		{
+			name:    "invalid retries",
+			replies: []reply{ok(nil)},
+			env: func(t *testing.T, b *fakeBroker) []string {
+				return proxyEnv(t, b, "A=piggy:a", "PIGGY_RETRIES=two")
+			},
+			wantExit: 1, wantMsg: []string{`PIGGY_RETRIES="two" is not an integer`},
 		},
 		{
 			name:    "unparsable boolean",
@@ -501,7 +509,7 @@ func TestProcessFailures(t *testing.T) {
 			name:    "missing token file",
 			replies: []reply{ok(nil)},
 			env: func(t *testing.T, b *fakeBroker) []string {
-				return append(proxyEnv(t, b, "A=piggy:a", "PIGGY_NUMBER_OF_RETRY=3"), "PIGGY_TOKEN_FILE=/nonexistent/token")
+				return append(proxyEnv(t, b, "A=piggy:a", "PIGGY_RETRIES=3"), "PIGGY_TOKEN_FILE=/nonexistent/token")
 			},
 			wantExit: 1, wantMsg: []string{"PIGGY_TOKEN_FILE", "/nonexistent/token"},
 		},
@@ -562,7 +570,7 @@ func TestProcessRetriesThenSucceeds(t *testing.T) {
 		grpcError(503, 14, "broker starting"),
 		reply{status: 502, body: "<html>upstream connect error</html>"},
 		ok(map[string]string{"a": "1"}))
-	res := runPiggyEnv(t, proxyEnv(t, b, "A=piggy:a", "PIGGY_NUMBER_OF_RETRY=3"), "--", "child")
+	res := runPiggyEnv(t, proxyEnv(t, b, "A=piggy:a", "PIGGY_RETRIES=3"), "--", "child")
 	if res.exitCode != 0 || res.child == nil {
 		t.Fatalf("exit %d; stderr:\n%s", res.exitCode, res.stderr)
 	}
@@ -584,6 +592,43 @@ func TestProcessRetriesThenSucceeds(t *testing.T) {
 		}
 	}
 	t.Errorf("no success line; logs: %v", res.messages())
+}
+
+// The original Piggy's piggy-env made PIGGY_NUMBER_OF_RETRY attempts in all
+// (one when unset; its webhook wrote values above 0 only). The real binary
+// against a broker that always answers a retryable 503 makes exactly as
+// many; PIGGY_RETRIES, which counts retries after the first, wins when set.
+func TestProcessOriginalRetrySettingCountsAttempts(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		env          []string
+		wantRequests int
+		wantMsg      string
+	}{
+		{nil, 1, ""},
+		{[]string{"PIGGY_NUMBER_OF_RETRY=1"}, 1, ""},
+		{[]string{"PIGGY_NUMBER_OF_RETRY=0"}, 1, ""},
+		{[]string{"PIGGY_NUMBER_OF_RETRY=3"}, 3, "failed after 3 attempts (PIGGY_NUMBER_OF_RETRY: 3 attempts)"},
+		{[]string{"PIGGY_RETRIES=3"}, 4, "failed after 4 attempts (PIGGY_RETRIES=3)"},
+		{[]string{"PIGGY_NUMBER_OF_RETRY=4", "PIGGY_RETRIES=1"}, 2, "failed after 2 attempts (PIGGY_RETRIES=1)"},
+	}
+	for _, tt := range tests {
+		t.Run(strings.Join(append([]string{"env"}, tt.env...), " "), func(t *testing.T) {
+			t.Parallel()
+			b := newFakeBroker(t, grpcError(503, 14, "broker starting"))
+			res := runPiggyEnv(t, proxyEnv(t, b, append([]string{"A=piggy:a"}, tt.env...)...), "--", "child")
+			if res.exitCode != 1 || res.child != nil {
+				t.Fatalf("exit %d (application ran: %t), want 1; stderr:\n%s", res.exitCode, res.child != nil, res.stderr)
+			}
+			if n := len(b.requests()); n != tt.wantRequests {
+				t.Errorf("broker saw %d requests, want %d", n, tt.wantRequests)
+			}
+			msg := res.lastError(t)
+			if !strings.Contains(msg, "HTTP 503") || !strings.Contains(msg, tt.wantMsg) {
+				t.Errorf("error %q, want HTTP 503 and %q", msg, tt.wantMsg)
+			}
+		})
+	}
 }
 
 // fetchIDOf returns the fetch id the requests carry, failing unless they
@@ -827,7 +872,7 @@ func TestProcessHelp(t *testing.T) {
 		for _, want := range []string{"piggy-env [flags] -- command", "install <dir>", "--ignore-no-env", "--debug",
 			"PIGGY_ADDRESS", "PIGGY_UID", "PIGGY_TOKEN_FILE", "PIGGY_CA_FILE", "PIGGY_SKIP_VERIFY_TLS", "PIGGY_STANDALONE",
 			"PIGGY_AWS_SECRET_NAME", "PIGGY_AWS_SSM_PARAMETER_PATH", "PIGGY_AWS_REGION", "PIGGY_AWS_SECRET_VERSION",
-			"PIGGY_IGNORE_NO_ENV", "PIGGY_DEBUG", "PIGGY_DNS_RESOLVER", "PIGGY_INITIAL_DELAY", "PIGGY_NUMBER_OF_RETRY",
+			"PIGGY_IGNORE_NO_ENV", "PIGGY_DEBUG", "PIGGY_DNS_RESOLVER", "PIGGY_INITIAL_DELAY", "PIGGY_RETRIES", "PIGGY_NUMBER_OF_RETRY",
 			"PIGGY_REQUEST_TIMEOUT", "PIGGY_TIMEOUT", "PIGGY_CA_BUNDLE"} {
 			if !strings.Contains(res.stdout, want) {
 				t.Errorf("%s output does not mention %q", flag, want)

@@ -78,9 +78,12 @@ Environment (set by the Piggy admission webhook):
   PIGGY_DNS_RESOLVER            resolve names with the Go resolver over this network
                                 (tcp, udp, tcp4, ...)
   PIGGY_INITIAL_DELAY           wait before the first request, e.g. 2s (default 0)
-  PIGGY_NUMBER_OF_RETRY         retries after the first attempt (default 0); an overloaded
+  PIGGY_RETRIES                 retries after the first attempt (default 0); an overloaded
                                 broker's 429 with Retry-After is retried after that wait
                                 (at most 10s each) within PIGGY_TIMEOUT in any case
+  PIGGY_NUMBER_OF_RETRY         the original Piggy's setting, with its meaning: attempts,
+                                the first included (3 means 2 retries; 0 and 1 mean none);
+                                PIGGY_RETRIES wins when both are set
   PIGGY_REQUEST_TIMEOUT         timeout of each attempt (default 10s)
   PIGGY_TIMEOUT                 overall timeout of all attempts and the waits between
                                 them, counted after the initial delay (default 60s)
@@ -270,8 +273,8 @@ func (a *app) fetch(ctx context.Context, log *slog.Logger, cfg config.Config, co
 		return nil, source, fmt.Errorf("request secrets from %s: gave up after %s when the overall timeout of %s (%s) passed: %w",
 			source, plural(attempts, "attempt"), cfg.Timeout, config.EnvTimeout, err)
 	case retryable(err) && attempts > 1:
-		return nil, source, fmt.Errorf("request secrets from %s failed after %s (%s=%d): %w",
-			source, plural(attempts, "attempt"), config.EnvNumberOfRetry, cfg.Retries, err)
+		return nil, source, fmt.Errorf("request secrets from %s failed after %s (%s): %w",
+			source, plural(attempts, "attempt"), cfg.RetrySetting(), err)
 	default:
 		return nil, source, fmt.Errorf("request secrets from %s: %w", source, err)
 	}

@@ -212,6 +212,8 @@ func TestProcessStandaloneRetriesOnThrottling(t *testing.T) {
 	if err := w.srv.InjectFault(awslocal.Fault{Service: awslocal.ServiceSecretsManager, Operation: "GetSecretValue", Kind: awslocal.FaultThrottle, Times: 2}); err != nil {
 		t.Fatal(err)
 	}
+	// PIGGY_NUMBER_OF_RETRY counts attempts, as in the original: the third
+	// and last one succeeds.
 	res := runPiggyEnv(t, w.env("PIGGY_AWS_SECRET_NAME=team-a/web", "PIGGY_NUMBER_OF_RETRY=3", "DB=piggy:db"), "--", "child")
 	if res.exitCode != 0 || res.child == nil {
 		t.Fatalf("exit %d; stderr:\n%s", res.exitCode, res.stderr)

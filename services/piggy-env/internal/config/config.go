@@ -33,6 +33,7 @@ const (
 	EnvDebug            = "PIGGY_DEBUG"
 	EnvDNSResolver      = "PIGGY_DNS_RESOLVER"
 	EnvInitialDelay     = "PIGGY_INITIAL_DELAY"
+	EnvRetries          = "PIGGY_RETRIES"
 	EnvNumberOfRetry    = "PIGGY_NUMBER_OF_RETRY"
 	EnvRequestTimeout   = "PIGGY_REQUEST_TIMEOUT"
 	EnvTimeout          = "PIGGY_TIMEOUT"
@@ -67,8 +68,13 @@ type Config struct {
 	DNSResolver string
 	// InitialDelay is waited before the first fetch.
 	InitialDelay time.Duration
-	// Retries is the number of retries after the first attempt.
+	// Retries is the number of retries after the first attempt: PIGGY_RETRIES,
+	// else PIGGY_NUMBER_OF_RETRY, which counts attempts as in the original
+	// Piggy (N attempts are N-1 retries; 0 means one attempt too).
 	Retries int
+	// RetriesFrom names the variable Retries came from; empty when neither
+	// is set.
+	RetriesFrom string
 	// RequestTimeout bounds each attempt.
 	RequestTimeout time.Duration
 	// Timeout bounds the whole fetch: every attempt and the waits between
@@ -174,7 +180,6 @@ func Load(lookup LookupFunc) (Config, error) {
 		Debug:          p.bool(EnvDebug),
 		DNSResolver:    p.resolverNetwork(EnvDNSResolver),
 		InitialDelay:   p.duration(EnvInitialDelay, 0, true),
-		Retries:        p.retries(EnvNumberOfRetry),
 		RequestTimeout: p.duration(EnvRequestTimeout, DefaultRequestTimeout, false),
 		Timeout:        p.duration(EnvTimeout, DefaultTimeout, false),
 		Proxy: Proxy{
@@ -199,6 +204,7 @@ func Load(lookup LookupFunc) (Config, error) {
 			CABundle:             p.string("AWS_CA_BUNDLE"),
 		},
 	}
+	c.Retries, c.RetriesFrom = p.retries()
 	if !p.bool("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS") {
 		c.AWS.Endpoints = Endpoints{
 			STS:            p.first("AWS_ENDPOINT_URL_STS", "AWS_ENDPOINT_URL"),
@@ -308,10 +314,26 @@ func (p *parser) duration(name string, def time.Duration, zeroOK bool) time.Dura
 	return def
 }
 
-func (p *parser) retries(name string) int {
+// retries reads PIGGY_RETRIES (retries after the first attempt) and the
+// original Piggy's PIGGY_NUMBER_OF_RETRY (attempts, the first included).
+// Both are checked; PIGGY_RETRIES wins when both are set.
+func (p *parser) retries() (int, string) {
+	retries, hasRetries := p.retryCount(EnvRetries)
+	attempts, hasAttempts := p.attemptCount(EnvNumberOfRetry)
+	switch {
+	case hasRetries:
+		return retries, EnvRetries
+	case hasAttempts:
+		return max(attempts-1, 0), EnvNumberOfRetry
+	}
+	return 0, ""
+}
+
+// retryCount parses a count of retries after the first attempt.
+func (p *parser) retryCount(name string) (int, bool) {
 	v := p.string(name)
 	if v == "" {
-		return 0
+		return 0, false
 	}
 	n, err := strconv.Atoi(v)
 	switch {
@@ -320,9 +342,44 @@ func (p *parser) retries(name string) int {
 	case n < 0:
 		p.errs = append(p.errs, fmt.Errorf("%s=%q must not be negative (it counts retries after the first attempt; 0 means one attempt)", name, v))
 	default:
-		return n
+		return n, true
 	}
-	return 0
+	return 0, false
+}
+
+// attemptCount parses a count of attempts, the first included, as the
+// original Piggy's PIGGY_NUMBER_OF_RETRY counted them.
+func (p *parser) attemptCount(name string) (int, bool) {
+	v := p.string(name)
+	if v == "" {
+		return 0, false
+	}
+	n, err := strconv.Atoi(v)
+	switch {
+	case err != nil:
+		p.errs = append(p.errs, fmt.Errorf("%s=%q is not an integer (the number of attempts, the first included, as in the original Piggy; %s counts retries after the first)", name, v, EnvRetries))
+	case n < 0:
+		p.errs = append(p.errs, fmt.Errorf("%s=%q must not be negative (it counts attempts, the first included; 1 means one attempt; %s counts retries after the first)", name, v, EnvRetries))
+	default:
+		return n, true
+	}
+	return 0, false
+}
+
+// RetrySetting describes where the retry count came from, for messages:
+// "PIGGY_RETRIES=2", "PIGGY_NUMBER_OF_RETRY: 3 attempts" or
+// "PIGGY_RETRIES unset".
+func (c Config) RetrySetting() string {
+	switch c.RetriesFrom {
+	case EnvRetries:
+		return fmt.Sprintf("%s=%d", EnvRetries, c.Retries)
+	case EnvNumberOfRetry:
+		if c.Retries == 0 {
+			return EnvNumberOfRetry + ": 1 attempt"
+		}
+		return fmt.Sprintf("%s: %d attempts", EnvNumberOfRetry, c.Retries+1)
+	}
+	return EnvRetries + " unset"
 }
 
 func (p *parser) resolverNetwork(name string) string {

@@ -39,7 +39,7 @@ func TestLoad(t *testing.T) {
 				"PIGGY_ADDRESS=https://piggy-secret-broker.piggy.svc:8443",
 				"PIGGY_UID=abc", "PIGGY_TOKEN_FILE=/t", "PIGGY_CA_FILE=/ca", "PIGGY_SKIP_VERIFY_TLS=true",
 				"PIGGY_IGNORE_NO_ENV=1", "PIGGY_DEBUG=TRUE", "PIGGY_DNS_RESOLVER=tcp",
-				"PIGGY_INITIAL_DELAY=2s", "PIGGY_NUMBER_OF_RETRY=3", "PIGGY_REQUEST_TIMEOUT=500ms", "PIGGY_TIMEOUT=1m",
+				"PIGGY_INITIAL_DELAY=2s", "PIGGY_RETRIES=3", "PIGGY_REQUEST_TIMEOUT=500ms", "PIGGY_TIMEOUT=1m",
 			},
 			want: func(c *Config) {
 				c.Proxy = Proxy{
@@ -48,6 +48,7 @@ func TestLoad(t *testing.T) {
 				}
 				c.IgnoreNoEnv, c.Debug, c.DNSResolver = true, true, "tcp"
 				c.InitialDelay, c.Retries, c.RequestTimeout, c.Timeout = 2*time.Second, 3, 500*time.Millisecond, time.Minute
+				c.RetriesFrom = EnvRetries
 			},
 		},
 		{
@@ -78,13 +79,34 @@ func TestLoad(t *testing.T) {
 		},
 		{
 			name:    "empty values mean defaults",
-			environ: []string{"PIGGY_DEBUG=", "PIGGY_TIMEOUT=", "PIGGY_NUMBER_OF_RETRY=", "PIGGY_TOKEN_FILE="},
+			environ: []string{"PIGGY_DEBUG=", "PIGGY_TIMEOUT=", "PIGGY_RETRIES=", "PIGGY_NUMBER_OF_RETRY=", "PIGGY_TOKEN_FILE="},
 			want:    func(*Config) {},
 		},
 		{
 			name:    "zero initial delay and retries",
-			environ: []string{"PIGGY_INITIAL_DELAY=0", "PIGGY_NUMBER_OF_RETRY=0"},
-			want:    func(*Config) {},
+			environ: []string{"PIGGY_INITIAL_DELAY=0", "PIGGY_RETRIES=0"},
+			want:    func(c *Config) { c.RetriesFrom = EnvRetries },
+		},
+		{
+			// The original piggy-env tried PIGGY_NUMBER_OF_RETRY times in all.
+			name:    "original retry setting counts attempts",
+			environ: []string{"PIGGY_NUMBER_OF_RETRY=3"},
+			want:    func(c *Config) { c.Retries, c.RetriesFrom = 2, EnvNumberOfRetry },
+		},
+		{
+			name:    "original retry setting of 1 is one attempt",
+			environ: []string{"PIGGY_NUMBER_OF_RETRY=1"},
+			want:    func(c *Config) { c.Retries, c.RetriesFrom = 0, EnvNumberOfRetry },
+		},
+		{
+			name:    "original retry setting of 0 is one attempt",
+			environ: []string{"PIGGY_NUMBER_OF_RETRY=0"},
+			want:    func(c *Config) { c.Retries, c.RetriesFrom = 0, EnvNumberOfRetry },
+		},
+		{
+			name:    "PIGGY_RETRIES wins",
+			environ: []string{"PIGGY_NUMBER_OF_RETRY=5", "PIGGY_RETRIES=1"},
+			want:    func(c *Config) { c.Retries, c.RetriesFrom = 1, EnvRetries },
 		},
 	}
 	for _, tt := range tests {
@@ -116,9 +138,13 @@ func TestLoadErrors(t *testing.T) {
 		{name: "negative duration", environ: []string{"PIGGY_INITIAL_DELAY=-1s"}, want: []string{`PIGGY_INITIAL_DELAY="-1s" must be positive`}},
 		{name: "zero request timeout", environ: []string{"PIGGY_REQUEST_TIMEOUT=0s"}, want: []string{`PIGGY_REQUEST_TIMEOUT="0s" must be positive`}},
 		{name: "zero timeout", environ: []string{"PIGGY_TIMEOUT=0"}, want: []string{`PIGGY_TIMEOUT="0" must be positive`}},
-		{name: "negative retries", environ: []string{"PIGGY_NUMBER_OF_RETRY=-1"}, want: []string{`PIGGY_NUMBER_OF_RETRY="-1" must not be negative`}},
-		{name: "non-integer retries", environ: []string{"PIGGY_NUMBER_OF_RETRY=1.5"}, want: []string{`PIGGY_NUMBER_OF_RETRY="1.5" is not an integer`}},
-		{name: "huge retries", environ: []string{"PIGGY_NUMBER_OF_RETRY=99999999999999999999"}, want: []string{`PIGGY_NUMBER_OF_RETRY`}},
+		{name: "negative retries", environ: []string{"PIGGY_RETRIES=-1"}, want: []string{`PIGGY_RETRIES="-1" must not be negative`}},
+		{name: "non-integer retries", environ: []string{"PIGGY_RETRIES=1.5"}, want: []string{`PIGGY_RETRIES="1.5" is not an integer`}},
+		{name: "huge retries", environ: []string{"PIGGY_RETRIES=99999999999999999999"}, want: []string{`PIGGY_RETRIES="99999999999999999999" is not an integer`}},
+		{name: "negative attempts", environ: []string{"PIGGY_NUMBER_OF_RETRY=-1"}, want: []string{`PIGGY_NUMBER_OF_RETRY="-1" must not be negative (it counts attempts`}},
+		{name: "non-integer attempts", environ: []string{"PIGGY_NUMBER_OF_RETRY=three"}, want: []string{`PIGGY_NUMBER_OF_RETRY="three" is not an integer (the number of attempts`}},
+		{name: "huge attempts", environ: []string{"PIGGY_NUMBER_OF_RETRY=99999999999999999999"}, want: []string{`PIGGY_NUMBER_OF_RETRY="99999999999999999999" is not an integer`}},
+		{name: "bad attempts beside good retries", environ: []string{"PIGGY_RETRIES=2", "PIGGY_NUMBER_OF_RETRY=x"}, want: []string{`PIGGY_NUMBER_OF_RETRY="x"`}},
 		{name: "resolver", environ: []string{"PIGGY_DNS_RESOLVER=sctp"}, want: []string{`PIGGY_DNS_RESOLVER="sctp"`}},
 		{name: "address scheme", environ: []string{"PIGGY_ADDRESS=ftp://x"}, want: []string{`PIGGY_ADDRESS="ftp://x"`}},
 		{name: "address without host", environ: []string{"PIGGY_ADDRESS=piggy-broker:8443"}, want: []string{`PIGGY_ADDRESS=`}},
@@ -212,5 +238,22 @@ func TestLookupLastWins(t *testing.T) {
 	v, ok := Lookup([]string{"A=1", "B", "A=2"})("A")
 	if diff := cmp.Diff("2", v); diff != "" || !ok {
 		t.Errorf("Lookup(A) = %q, %v (-want +got):\n%s", v, ok, diff)
+	}
+}
+
+func TestRetrySetting(t *testing.T) {
+	for environ, want := range map[string]string{
+		"":                        "PIGGY_RETRIES unset",
+		"PIGGY_RETRIES=2":         "PIGGY_RETRIES=2",
+		"PIGGY_NUMBER_OF_RETRY=3": "PIGGY_NUMBER_OF_RETRY: 3 attempts",
+		"PIGGY_NUMBER_OF_RETRY=0": "PIGGY_NUMBER_OF_RETRY: 1 attempt",
+	} {
+		c, err := Load(Lookup([]string{environ}))
+		if err != nil {
+			t.Fatalf("%s: %v", environ, err)
+		}
+		if got := c.RetrySetting(); got != want {
+			t.Errorf("%s: RetrySetting() = %q, want %q", environ, got, want)
+		}
 	}
 }
