@@ -71,6 +71,13 @@ var Names = []string{
 	InitialDelay, Retries, NumberOfRetry,
 }
 
+// notRead are annotations of the original Piggy this version has no
+// setting for, with what happens instead. A pod that sets one gets a
+// warning rather than silence.
+var notRead = []struct{ name, instead string }{
+	{"piggy-skip-verify-tls", "piggy-env always verifies the broker's certificate (with the CA the webhook hands the pod, else the system roots)"},
+}
+
 // annotationKeys maps every name of Names to its full annotation key, so
 // reading a pod's settings builds no strings.
 var annotationKeys = func() map[string]string {
@@ -236,6 +243,12 @@ func Read(annotations map[string]string, defaults Defaults) Result {
 	}
 	s.InitialDelay = r.duration(InitialDelay)
 	s.Retries = r.retries()
+
+	for _, n := range notRead {
+		if _, ok := annotations[Key(n.name)]; ok {
+			r.warn(n.name, "a setting of the original Piggy that is not read here; ignored: %s", n.instead)
+		}
+	}
 
 	if s.SecretName != "" && s.SSMParameterPath != "" {
 		r.warn(AWSSSMParameterPath, "both a secret name and an SSM path are set; the SSM path is used")

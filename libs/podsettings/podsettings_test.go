@@ -209,3 +209,14 @@ func TestRetries(t *testing.T) {
 		})
 	}
 }
+
+func TestOriginalSettingsNotReadAreWarned(t *testing.T) {
+	res := Read(map[string]string{Prefix + "piggy-skip-verify-tls": "true"}, Defaults{})
+	want := "piggy: annotation piggysec.com/piggy-skip-verify-tls: a setting of the original Piggy that is not read here; ignored: piggy-env always verifies the broker's certificate"
+	if len(res.Warnings) != 1 || !strings.HasPrefix(res.Warnings[0], want) {
+		t.Errorf("warnings = %q, want one starting %q", res.Warnings, want)
+	}
+	if res.Denied != "" {
+		t.Errorf("denied: %s", res.Denied)
+	}
+}
