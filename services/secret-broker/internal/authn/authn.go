@@ -69,8 +69,14 @@ func (id Identity) Bound() bool { return id.PodName != "" && id.PodUID != "" }
 // Options configure an Authenticator.
 type Options struct {
 	// Audience is the audience tokens must have (the one the mutation
-	// projects, "piggy" by default).
+	// projects, "piggy" by default). Empty only with APIAudiences.
 	Audience string
+	// APIAudiences reviews tokens for the Kubernetes API server's own
+	// audiences instead of Audience: the default service account token a
+	// pod has mounted, which is what the original piggy-env sends. Such a
+	// token is also a credential for the API server, so only the original
+	// protocol's endpoint uses it, never together with AllowUnbound.
+	APIAudiences bool
 	// AllowUnbound accepts tokens that are not bound to a pod (legacy or
 	// TokenRequest tokens without a bound object), for migrations. Their
 	// use is logged as a warning.
@@ -108,7 +114,11 @@ type Authenticator struct {
 
 // New returns an Authenticator using reviewer.
 func New(reviewer TokenReviewer, opts Options) (*Authenticator, error) {
-	if opts.Audience == "" {
+	if opts.APIAudiences {
+		if opts.Audience != "" || opts.AllowUnbound {
+			return nil, fmt.Errorf("authn: API-audience reviews take no audience and never accept unbound tokens")
+		}
+	} else if opts.Audience == "" {
 		return nil, fmt.Errorf("authn: audience is required")
 	}
 	if opts.Now == nil {
@@ -150,7 +160,7 @@ func (a *Authenticator) Stats() cache.Stats { return a.cache.Stats() }
 // bound to a pod), Unavailable (the apiserver could not answer) or Internal.
 func (a *Authenticator) Authenticate(ctx context.Context, token string) (Identity, cache.Result, error) {
 	if token == "" {
-		return Identity{}, cache.Miss, fault.New(fault.Unauthenticated, "token_missing", "no bearer token: send the pod's projected service account token (audience %q)", a.opts.Audience)
+		return Identity{}, cache.Miss, fault.New(fault.Unauthenticated, "token_missing", "no bearer token: send the pod's projected service account token (%s)", a.audience())
 	}
 	if len(token) > maxTokenBytes {
 		return Identity{}, cache.Miss, fault.New(fault.Unauthenticated, "token_invalid", "the bearer token is too long")
@@ -190,7 +200,7 @@ func (a *Authenticator) Authenticate(ctx context.Context, token string) (Identit
 	}
 	if !id.Bound() && !a.opts.AllowUnbound {
 		return Identity{}, res, fault.New(fault.Unauthenticated, "token_unbound",
-			"the token of %s:%s is not bound to a pod; piggy-env must present the projected token with audience %q", id.Namespace, id.ServiceAccount, a.opts.Audience)
+			"the token of %s:%s is not bound to a pod; piggy-env must present a projected token bound to its pod (%s)", id.Namespace, id.ServiceAccount, a.audience())
 	}
 	return id, res, nil
 }
@@ -199,7 +209,7 @@ func (a *Authenticator) Authenticate(ctx context.Context, token string) (Identit
 // it may be cached.
 func (a *Authenticator) review(ctx context.Context, token string) (Identity, time.Duration, error) {
 	ctx, span := a.tracer().Start(ctx, "TokenReview", trace.WithSpanKind(trace.SpanKindClient),
-		trace.WithAttributes(attribute.String("piggy.token.audience", a.opts.Audience)))
+		trace.WithAttributes(attribute.String("piggy.token.audience", a.audience())))
 	defer span.End()
 	start := a.opts.Now()
 	result := "error"
@@ -209,8 +219,13 @@ func (a *Authenticator) review(ctx context.Context, token string) (Identity, tim
 		}
 	}()
 
+	// Without audiences the API server reviews the token for its own.
+	var audiences []string
+	if !a.opts.APIAudiences {
+		audiences = []string{a.opts.Audience}
+	}
 	out, err := a.reviewer.Create(ctx, &authenticationv1.TokenReview{
-		Spec: authenticationv1.TokenReviewSpec{Token: token, Audiences: []string{a.opts.Audience}},
+		Spec: authenticationv1.TokenReviewSpec{Token: token, Audiences: audiences},
 	}, metav1.CreateOptions{})
 	if err != nil {
 		span.SetStatus(codes.Error, "TokenReview failed")
@@ -223,9 +238,9 @@ func (a *Authenticator) review(ctx context.Context, token string) (Identity, tim
 		// st.Error says why (expired, pod deleted, wrong audience); it holds no
 		// secret, but it stays in the logs rather than the client message.
 		return Identity{}, 0, fault.Wrap(fmt.Errorf("token review: %s", st.Error), fault.Unauthenticated, "token_invalid",
-			"the token was rejected by the Kubernetes API (invalid, expired, of a deleted pod, or not for audience %q)", a.opts.Audience)
+			"the token was rejected by the Kubernetes API (invalid, expired, of a deleted pod, or not for %s)", a.audience())
 	}
-	if !slices.Contains(st.Audiences, a.opts.Audience) {
+	if !a.opts.APIAudiences && !slices.Contains(st.Audiences, a.opts.Audience) {
 		result = "rejected"
 		span.SetStatus(codes.Error, "wrong audience")
 		return Identity{}, 0, fault.New(fault.Unauthenticated, "token_audience", "the token is not for audience %q", a.opts.Audience)
@@ -277,10 +292,18 @@ func (a *Authenticator) precheck(token string) error {
 	if c.exp.IsZero() || !c.exp.After(a.opts.Now()) {
 		return fault.New(fault.Unauthenticated, "token_invalid", "the token has no expiry or has expired")
 	}
-	if !slices.Contains(c.aud, a.opts.Audience) {
+	if !a.opts.APIAudiences && !slices.Contains(c.aud, a.opts.Audience) {
 		return fault.New(fault.Unauthenticated, "token_audience", "the token is not for audience %q", a.opts.Audience)
 	}
 	return nil
+}
+
+// audience says which audience tokens must have, for messages.
+func (a *Authenticator) audience() string {
+	if a.opts.APIAudiences {
+		return "the Kubernetes API's audience"
+	}
+	return fmt.Sprintf("audience %q", a.opts.Audience)
 }
 
 // claims are the unverified claims the broker reads.

@@ -418,3 +418,51 @@ func TestFailuresToAnswerAreNotCachedAsRejections(t *testing.T) {
 		t.Error("rejection cache on without a TTL and size")
 	}
 }
+
+// TestAPIAudiences is the review of the original piggy-env's token: the
+// pod's default token, for the API server's own audiences. The review asks
+// for no audience (the API server's), and a token not bound to a pod is
+// refused.
+func TestAPIAudiences(t *testing.T) {
+	clk := &fixedClock{t: time.Now()}
+	enc := base64.RawURLEncoding.EncodeToString
+	apiToken := func(tag string) string {
+		payload, _ := json.Marshal(map[string]any{"exp": clk.t.Add(time.Hour).Unix(), "aud": []string{"https://kubernetes.default.svc"}})
+		return enc([]byte(`{"alg":"RS256"}`)) + "." + enc(payload) + ".c2ln" + tag
+	}
+	bound, unbound, rejected := apiToken("b"), apiToken("u"), apiToken("r")
+	apiStatus := func(st authenticationv1.TokenReviewStatus) authenticationv1.TokenReviewStatus {
+		st.Audiences = []string{"https://kubernetes.default.svc"}
+		return st
+	}
+	r := &fakeReviewer{answers: map[string]authenticationv1.TokenReviewStatus{
+		bound:    apiStatus(boundStatus("team-a", "web", "web-1", "uid-1")),
+		unbound:  apiStatus(authenticationv1.TokenReviewStatus{Authenticated: true, User: authenticationv1.UserInfo{Username: "system:serviceaccount:team-a:web"}}),
+		rejected: {Authenticated: false, Error: "token is not for this audience"},
+	}}
+	a := newAuth(t, r, clk, func(o *Options) { o.Audience, o.APIAudiences = "", true })
+	got, _, err := a.Authenticate(t.Context(), bound)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := (Identity{Namespace: "team-a", ServiceAccount: "web", PodName: "web-1", PodUID: "uid-1"}); got != want {
+		t.Errorf("identity = %+v, want %+v", got, want)
+	}
+	for tok, reason := range map[string]string{unbound: "token_unbound", rejected: "token_invalid"} {
+		_, _, err := a.Authenticate(t.Context(), tok)
+		if fe := fault.As(err); err == nil || fe.Kind != fault.Unauthenticated || fe.Reason != reason {
+			t.Errorf("Authenticate = %v, want %s", err, reason)
+		}
+	}
+	for _, aud := range r.gotAud {
+		if len(aud) != 0 {
+			t.Errorf("review audiences = %q, want none (the API server's own)", aud)
+		}
+	}
+	// The two modes do not mix.
+	for _, o := range []Options{{APIAudiences: true, Audience: "piggy"}, {APIAudiences: true, AllowUnbound: true}} {
+		if _, err := New(r, o); err == nil {
+			t.Errorf("New(%+v) succeeded", o)
+		}
+	}
+}
