@@ -275,18 +275,34 @@ func trimStatuses(statuses []corev1.ContainerStatus, kept []corev1.Container) []
 }
 
 // trimContainers keeps what Check reads of launched containers: the name,
-// the args, and the PIGGY_UID and PIGGY_GRANT definitions in order.
+// the args, and the PIGGY_UID and PIGGY_GRANT definitions in order. Of a
+// container without PIGGY_GRANT (one the original webhook launched) it
+// also keeps what CheckLegacy reads: the original's PIGGY_AWS_* values and
+// every definition of a name that has a literal piggy: value.
 func trimContainers(cs []corev1.Container) []corev1.Container {
 	var out []corev1.Container
-	for _, c := range cs {
-		var env []corev1.EnvVar
-		for _, e := range c.Env {
-			if e.Name == "PIGGY_UID" || e.Name == podgrant.EnvName {
-				env = append(env, e)
+	for i := range cs {
+		c := &cs[i]
+		if !hasEnv(c, "PIGGY_UID") && !hasEnv(c, podgrant.EnvName) {
+			continue
+		}
+		original := !hasEnv(c, podgrant.EnvName)
+		var referencing map[string]bool
+		if original {
+			for _, e := range c.Env {
+				if keptForOriginal(e) {
+					if referencing == nil {
+						referencing = map[string]bool{}
+					}
+					referencing[e.Name] = true
+				}
 			}
 		}
-		if env == nil {
-			continue
+		var env []corev1.EnvVar
+		for _, e := range c.Env {
+			if e.Name == "PIGGY_UID" || e.Name == podgrant.EnvName || referencing[e.Name] {
+				env = append(env, e)
+			}
 		}
 		out = append(out, corev1.Container{Name: c.Name, Args: c.Args, Env: env})
 	}
