@@ -105,6 +105,9 @@ type Options struct {
 	Now func() time.Time
 	// Starts answer a container once per start; nil answers every request.
 	Starts StartClaims
+	// Legacy serves the original Piggy's protocol (GetLegacySecrets); nil
+	// refuses it.
+	Legacy *Legacy
 }
 
 // Names of the settings in refusals (the broker's flags).
@@ -123,6 +126,8 @@ type Broker struct {
 	opts    Options
 	secrets *cache.Cache[*awssecrets.Secret]
 	budget  *readBudget
+	// deprecation limits the warnings about the original protocol.
+	deprecation deprecation
 
 	requests metric.Int64Counter
 	duration metric.Float64Histogram
@@ -188,6 +193,8 @@ type caller struct {
 	source    string
 	container string
 	cacheRes  string
+	// legacy marks a request of the original Piggy's protocol.
+	legacy bool
 }
 
 // podKey identifies the caller's pod for its AWS read budget.
@@ -222,10 +229,16 @@ func (b *Broker) GetSecrets(ctx context.Context, req Request) (resp Response, er
 	if c.id.PodName == "" { // unbound token: the pod was found by container UID
 		c.id.PodName, c.id.PodUID = pc.Pod.Name, string(pc.Pod.UID)
 	}
-	if err := granted(req.Keys, pc); err != nil {
+	return b.serve(ctx, &c, req.Keys, req.FetchID, pc)
+}
+
+// serve answers the verified container pc for keys: they must be granted,
+// the container's start is claimed, and the source is authorised and read.
+func (b *Broker) serve(ctx context.Context, c *caller, keys []string, fetchID string, pc podcheck.Result) (Response, error) {
+	if err := granted(keys, pc); err != nil {
 		return Response{}, err
 	}
-	if err := b.claimStart(ctx, req.FetchID, pc); err != nil {
+	if err := b.claimStart(ctx, fetchID, pc); err != nil {
 		return Response{}, err
 	}
 	src, err := b.source(pc.Grant.Source)
@@ -233,7 +246,7 @@ func (b *Broker) GetSecrets(ctx context.Context, req Request) (resp Response, er
 		return Response{}, err
 	}
 	c.source = src.Name()
-	who := policy.Caller{Namespace: id.Namespace, ServiceAccount: id.ServiceAccount}
+	who := policy.Caller{Namespace: c.id.Namespace, ServiceAccount: c.id.ServiceAccount}
 	kind := policy.SecretsManager
 	if src.IsSSM() {
 		kind = policy.SSMParameterPath
@@ -278,7 +291,7 @@ func (b *Broker) GetSecrets(ctx context.Context, req Request) (resp Response, er
 		}
 		return Response{}, denied(who, src, why)
 	}
-	sel, err := policy.Select(req.Keys, secret.Values, secret.Invalid)
+	sel, err := policy.Select(keys, secret.Values, secret.Invalid)
 	if err != nil {
 		return Response{}, fault.Wrap(err, fault.FailedPrecondition, "secret_key_invalid", "%s: %s", src, err.Error())
 	}
@@ -401,6 +414,10 @@ func (b *Broker) finish(ctx context.Context, start time.Time, c *caller, keys in
 	attrs = append(attrs, slog.Int("keys", keys), slog.String("took", took.String()))
 	if c.cacheRes != "" {
 		attrs = append(attrs, slog.String("cache", c.cacheRes))
+	}
+	if c.legacy {
+		attrs = append(attrs, slog.String("protocol", LegacyProtocol))
+		b.warnDeprecated(ctx, c)
 	}
 	outcome, reason := "success", "ok"
 	span := trace.SpanFromContext(ctx)
