@@ -25,6 +25,7 @@ import (
 	"github.com/piggysec/piggy/services/secret-broker/internal/gateway"
 	"github.com/piggysec/piggy/services/secret-broker/internal/grpcapi"
 	"github.com/piggysec/piggy/services/secret-broker/internal/kubeclient"
+	"github.com/piggysec/piggy/services/secret-broker/internal/legacy"
 	"github.com/piggysec/piggy/services/secret-broker/internal/podcheck"
 	"github.com/piggysec/piggy/services/secret-broker/internal/startclaim"
 	"github.com/piggysec/piggy/services/secret-broker/internal/throttle"
@@ -116,6 +117,11 @@ func wire(d *daemon.Daemon, cfg config.Config) error {
 	if err != nil {
 		return err
 	}
+	checker := podcheck.New(pods, cfg.Defaults)
+	legacySecrets, err := legacyProtocol(d, cfg, reviews, checker)
+	if err != nil {
+		return err
+	}
 	starts, err := startClaims(d, cfg, kube, pods)
 	if err != nil {
 		return err
@@ -128,7 +134,7 @@ func wire(d *daemon.Daemon, cfg config.Config) error {
 		LoadTimeout: cfg.AWSReadTimeout, StaleWait: cfg.AWSAttemptTimeout,
 		MaxBytes: cfg.SecretCacheBytes, NegativeTTL: cfg.NegativeCacheTTL,
 	}
-	b, err := broker.New(authenticator, podcheck.New(pods, cfg.Defaults), fetcher, pods, broker.Options{
+	b, err := broker.New(authenticator, checker, fetcher, pods, broker.Options{
 		Rules:           cfg.Rules,
 		Defaults:        cfg.Defaults,
 		DefaultRegion:   region,
@@ -141,6 +147,7 @@ func wire(d *daemon.Daemon, cfg config.Config) error {
 		Tracer:          tracer,
 		Meter:           meter,
 		Starts:          starts,
+		Legacy:          legacySecrets,
 	})
 	if err != nil {
 		return err
@@ -204,6 +211,12 @@ func wire(d *daemon.Daemon, cfg config.Config) error {
 		_ = conn.Close()
 		return err
 	}
+	if legacySecrets != nil {
+		if err := legacy.Register(mux, b, legacy.Options{Limiter: limiter, Meter: meter}); err != nil {
+			_ = conn.Close()
+			return err
+		}
+	}
 	httpLn, err := serve.Listen(d.Context(), "gateway", cfg.ListenAddress)
 	if err != nil {
 		_ = conn.Close()
@@ -221,6 +234,32 @@ func wire(d *daemon.Daemon, cfg config.Config) error {
 		return err
 	})
 	return d.ServeMetrics()
+}
+
+// legacyProtocol returns what serves the original Piggy's POST /secret, or
+// nil when --legacy-secret-endpoint is off: its own authenticator, for the
+// API server's audiences and pod-bound tokens only, with a review cache
+// apart from the one of the broker's audience.
+func legacyProtocol(d *daemon.Daemon, cfg config.Config, reviews authn.TokenReviewer, checker *podcheck.Checker) (*broker.Legacy, error) {
+	if !cfg.LegacySecretEndpoint {
+		return nil, nil
+	}
+	a, err := authn.New(reviews, authn.Options{
+		APIAudiences:  true,
+		CacheTTL:      cfg.TokenCacheTTL,
+		CacheSize:     cfg.TokenCacheSize,
+		RejectionTTL:  cfg.TokenRejectionTTL,
+		RejectionSize: cfg.TokenRejectionCacheSize,
+		Timeout:       cfg.RequestTimeout,
+		Log:           d.Log,
+		Tracer:        d.Telemetry.TracerProvider.Tracer(instrumentationName),
+		Meter:         d.Telemetry.MeterProvider.Meter(instrumentationName),
+	})
+	if err != nil {
+		return nil, err
+	}
+	d.Log.Warn("--legacy-secret-endpoint is on: POST " + legacy.Path + " answers pods that still run the original Piggy's piggy-env, with their default service account token; turn it off once piggy_secret_broker_legacy_requests_total stays at 0")
+	return &broker.Legacy{Authenticator: a, Pods: checker}, nil
 }
 
 // inClusterNamespace is where a pod's service account namespace is mounted.

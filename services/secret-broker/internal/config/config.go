@@ -61,6 +61,9 @@ type Config struct {
 	TokenAudience string
 	// AllowUnboundTokens accepts tokens not bound to a pod (migration only).
 	AllowUnboundTokens bool
+	// LegacySecretEndpoint serves the original Piggy's POST /secret for
+	// pods its webhook mutated (internal/legacy; migration only).
+	LegacySecretEndpoint bool
 	// TokenCacheTTL caps how long a TokenReview is cached (the token's own
 	// expiry caps it too); TokenCacheSize bounds the entries.
 	TokenCacheTTL  time.Duration
@@ -150,6 +153,8 @@ func Load(args []string, lookup flagenv.Lookup, output io.Writer) (Config, error
 	fs.StringVar(&c.PodNamespace, "pod-namespace", "", "the broker's own namespace, where it keeps its start claims; empty reads the in-cluster service account's namespace")
 	fs.StringVar(&c.TokenAudience, "token-audience", "piggy", "audience the projected service account tokens must have (the admission-gateway's --token-audience)")
 	fs.BoolVar(&c.AllowUnboundTokens, "allow-unbound-tokens", false, "accept tokens that are not bound to a pod, finding the pod by container UID (migration only; logged as a warning)")
+	fs.BoolVar(&c.LegacySecretEndpoint, "legacy-secret-endpoint", false, "also serve the original Piggy's POST /secret on the HTTPS listener, for pods its webhook mutated that still run its piggy-env (migration only): "+
+		"their pod-bound default service account token (the Kubernetes API's audience), the pod's original piggy-uid annotation and command signature, and only the keys the container's env references literally; every call is logged as deprecated and counted")
 	fs.DurationVar(&c.TokenCacheTTL, "token-cache-ttl", time.Minute, "longest a TokenReview result is cached (never past the token's expiry)")
 	fs.IntVar(&c.TokenCacheSize, "token-cache-size", 10000, "TokenReview results cached")
 	fs.DurationVar(&c.TokenRejectionTTL, "token-rejection-ttl", 10*time.Second, "how long a token the Kubernetes API rejected is refused again without a TokenReview (kept by its SHA-256, never in clear); 0 disables")
