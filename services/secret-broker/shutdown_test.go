@@ -4,26 +4,26 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptrace"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/piggysec/piggy/libs/proctest"
 )
 
 // TestSIGTERMLosesNoAcceptedRequest is the faults issue's first experiment:
 // 16 callers ask for secrets over HTTPS (HTTP/2, one connection each, as
 // piggy-env does) while the broker gets SIGTERM. A request the broker
 // accepted must get its values; only requests it never accepted (the dial
-// is refused once the listener is closed) may fail. Two rounds, since one
-// round may miss the window; TestSIGTERMFinishesARequestStillArriving
-// holds a request inside that window on purpose.
+// is refused once the listener is closed: proctest.NeverAccepted) may
+// fail. Two rounds, since one round may miss the window;
+// TestSIGTERMFinishesARequestStillArriving holds a request inside that
+// window on purpose.
 func TestSIGTERMLosesNoAcceptedRequest(t *testing.T) {
 	const callers = 16
 	for round := range 2 {
@@ -39,67 +39,21 @@ func TestSIGTERMLosesNoAcceptedRequest(t *testing.T) {
 			}
 			pool := x509.NewCertPool()
 			pool.AppendCertsFromPEM(w.ca.CertPEM)
-
-			var (
-				signalled    atomic.Bool
-				ok, okAfter  atomic.Int64
-				mu           sync.Mutex
-				failures     []string
-				wg           sync.WaitGroup
-				stopDeadline = make(chan struct{})
-			)
-			for range callers {
-				wg.Go(func() {
-					client := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
-						TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}, ForceAttemptHTTP2: true,
-					}}
-					defer client.CloseIdleConnections()
-					for {
-						select {
-						case <-stopDeadline:
-							return
-						default:
-						}
-						after := signalled.Load()
-						a, err := w.tryGetSecrets(client, token, ctr, "db")
-						var opErr *net.OpError
-						switch {
-						case err != nil && errors.As(err, &opErr) && opErr.Op == "dial":
-							return // never accepted: the listener is gone
-						case err != nil:
-							mu.Lock()
-							failures = append(failures, err.Error())
-							mu.Unlock()
-						case a.Status != http.StatusOK || a.Values["db"] != value:
-							mu.Lock()
-							failures = append(failures, fmt.Sprintf("HTTP %d: %s", a.Status, a.Message))
-							mu.Unlock()
-						default:
-							ok.Add(1)
-							if after {
-								okAfter.Add(1)
-							}
-						}
+			proctest.UnderSIGTERM(t, w.proc, callers, func() (func() error, func()) {
+				client := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
+					TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}, ForceAttemptHTTP2: true,
+				}}
+				return func() error {
+					a, err := w.tryGetSecrets(client, token, ctr, "db")
+					switch {
+					case err != nil:
+						return err
+					case a.Status != http.StatusOK || a.Values["db"] != value:
+						return fmt.Errorf("HTTP %d: %s", a.Status, a.Message)
 					}
-				})
-			}
-			time.Sleep(300 * time.Millisecond) // let every caller get going
-			signalled.Store(true)
-			code, took := w.proc.Stop(t, syscall.SIGTERM, 20*time.Second)
-			close(stopDeadline)
-			wg.Wait()
-			t.Logf("%d requests answered, %d of them after SIGTERM; exit %d after %s; failed accepted requests: %d",
-				ok.Load(), okAfter.Load(), code, took.Round(time.Millisecond), len(failures))
-			if code != 0 {
-				t.Errorf("broker exited %d after SIGTERM", code)
-			}
-			for i, f := range failures {
-				if i == 5 {
-					t.Errorf("... and %d more", len(failures)-5)
-					break
-				}
-				t.Errorf("accepted request failed: %s", f)
-			}
+					return nil
+				}, client.CloseIdleConnections
+			})
 		})
 	}
 }
