@@ -207,9 +207,11 @@ type target struct {
 	skip bool
 }
 
-// Mutate decides what to do with pod, created in namespace. A pod that
-// uses Piggy's reserved names for anything but Piggy's own earlier output
-// is denied first (see checkReserved).
+// Mutate decides what to do with pod, created in namespace. A pod the
+// original Piggy webhook mutated is admitted unchanged with a warning
+// (see mutatedByOriginal). A pod that uses Piggy's reserved names for
+// anything but Piggy's own earlier output is denied first (see
+// checkReserved).
 func (m *Mutator) Mutate(ctx context.Context, pod *corev1.Pod, namespace string) Outcome {
 	read := podsettings.Read(pod.Annotations, m.cfg.Defaults)
 	s := read.Settings
@@ -223,6 +225,10 @@ func (m *Mutator) Mutate(ctx context.Context, pod *corev1.Pod, namespace string)
 		s.SecretName = s.DefaultSecretName(namespace, sa)
 	}
 	out := Outcome{}
+	if m.mutatedByOriginal(pod, s) {
+		out.Warnings = []string{originalWarning}
+		return out
+	}
 	if msg := m.checkReserved(pod, s); msg != "" {
 		out.Denied = msg
 		return out
