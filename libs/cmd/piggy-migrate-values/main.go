@@ -8,9 +8,10 @@
 // It prints the new values as YAML, preceded by comments naming every old
 // value that has no equivalent (and why) or needs a look. By default it
 // also adds the settings of the guide's cut-over: the webhook takes only
-// namespaces labelled piggysec.com/webhook=piggy, the broker answers the
-// original piggy-env's POST /secret, and pods may keep the original's
-// piggy-address (-cut-over=false leaves them out).
+// namespaces labelled piggysec.com/webhook=piggy and the broker answers the
+// original piggy-env's POST /secret (-cut-over=false leaves them out).
+// -keep-old-address lets pods keep the original's piggy-address, for when
+// the original is uninstalled and its Service name reaches the broker.
 package main
 
 import (
@@ -42,6 +43,7 @@ func run(args []string, stdin io.Reader, stdout io.Writer) error {
 	fs.StringVar(&opts.OldAddress, "old-address", "https://piggy-webhooks.piggy-webhooks.svc.cluster.local",
 		"the original webhook's address, as its pods' piggy-address and PIGGY_ADDRESS name it (https://<release fullname>.<namespace>.svc.cluster.local)")
 	fs.BoolVar(&opts.CutOver, "cut-over", true, "add the settings of the guide's namespace-by-namespace cut-over")
+	fs.BoolVar(&opts.KeepOldAddress, "keep-old-address", false, "let pods keep -old-address as their piggy-address (allowlist and the broker's certificate); only once the original is uninstalled and that name reaches the broker")
 	fs.Usage = func() {
 		fmt.Fprintln(fs.Output(), "usage: piggy-migrate-values [flags] <piggy-webhooks values.yaml | ->")
 		fs.PrintDefaults()
@@ -79,6 +81,9 @@ type Options struct {
 	OldAddress string
 	// CutOver adds the settings of the namespace-by-namespace cut-over.
 	CutOver bool
+	// KeepOldAddress allows OldAddress as pods' piggy-address and puts its
+	// host in the broker's certificate.
+	KeepOldAddress bool
 }
 
 // CutOverLabel is the namespace label the guide moves, namespace by
@@ -141,11 +146,14 @@ func Convert(old []byte, opts Options) (string, error) {
 	if opts.CutOver {
 		c.set([]string{"webhook", "namespaceSelector"}, map[string]any{"matchLabels": map[string]any{CutOverLabel: "piggy"}})
 		c.set([]string{"secret-broker", "legacySecretEndpoint"}, true)
-		if opts.OldAddress != "" {
-			c.set([]string{"admission-gateway", "allowedPiggyAddresses"}, []any{opts.OldAddress})
-			if host := hostOf(opts.OldAddress); host != "" {
-				c.set([]string{"secret-broker", "tls", "extraDnsNames"}, []any{host})
-			}
+	}
+	if opts.KeepOldAddress {
+		if opts.OldAddress == "" {
+			return "", errors.New("-keep-old-address needs -old-address")
+		}
+		c.set([]string{"admission-gateway", "allowedPiggyAddresses"}, []any{opts.OldAddress})
+		if host := hostOf(opts.OldAddress); host != "" {
+			c.set([]string{"secret-broker", "tls", "extraDnsNames"}, []any{host})
 		}
 	}
 	body, err := yaml.Marshal(c.out)
@@ -157,8 +165,11 @@ func Convert(old []byte, opts Options) (string, error) {
 	if opts.CutOver {
 		b.WriteString("# Cut-over settings (docs/migration.md): the webhook takes only namespaces labelled\n")
 		fmt.Fprintf(&b, "# %s=piggy; the broker answers the original piggy-env (POST /secret) until the\n", CutOverLabel)
-		b.WriteString("# old pods are recreated; pods may keep the original's piggy-address, which must\n")
-		b.WriteString("# reach the broker (a Service of that name, see the guide).\n")
+		b.WriteString("# old pods are recreated.\n")
+	}
+	if opts.KeepOldAddress {
+		fmt.Fprintf(&b, "# Pods may keep piggy-address %s: its name must reach the broker\n", opts.OldAddress)
+		b.WriteString("# (the ExternalName Service of the guide, once the original is uninstalled).\n")
 	}
 	if len(c.notes) > 0 {
 		b.WriteString("#\n# Not converted, or to check:\n")

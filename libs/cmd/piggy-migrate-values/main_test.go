@@ -19,7 +19,7 @@ func TestConvertRealisticValues(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	out, err := Convert(old, Options{OldAddress: "https://piggy-webhooks.piggy-webhooks.svc.cluster.local", CutOver: true})
+	out, err := Convert(old, Options{OldAddress: "https://piggy-webhooks.piggy-webhooks.svc.cluster.local", CutOver: true, KeepOldAddress: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -114,6 +114,9 @@ colour: blue
 			t.Errorf("no comment %q in:\n%s", note, out)
 		}
 	}
+	if _, err := Convert(nil, Options{KeepOldAddress: true}); err == nil {
+		t.Error("-keep-old-address without an address converted without an error")
+	}
 	if _, err := Convert([]byte("replicaCount: [1"), Options{}); err == nil {
 		t.Error("broken YAML converted without an error")
 	}
@@ -131,7 +134,7 @@ func TestConvertedValuesRender(t *testing.T) {
 		t.Skipf("helm not installed (%v): run make chart-tools", err)
 	}
 	var stdout bytes.Buffer
-	if err := run([]string{"testdata/piggy-webhooks-values.yaml"}, nil, &stdout); err != nil {
+	if err := run([]string{"-keep-old-address", "testdata/piggy-webhooks-values.yaml"}, nil, &stdout); err != nil {
 		t.Fatal(err)
 	}
 	values := filepath.Join(t.TempDir(), "values.yaml")
