@@ -21,6 +21,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"time"
 
@@ -97,7 +98,8 @@ type Stack struct {
 	AWSURL   string
 
 	resolver, broker, gateway *service
-	demoPod                   string // name of the last demo pod, for the printed commands
+	brokerEnv                 []string // the broker's AWS environment
+	demoPod                   string   // name of the last demo pod, for the printed commands
 	servers                   []*http.Server
 	serverDone                []chan struct{}
 }
@@ -382,6 +384,7 @@ func tlsArgs(f tlsreload.Files) []string {
 func (s *Stack) startServices(ctx context.Context, brokerEnv []string) error {
 	p := s.opts.Ports
 	kubeconfig := s.Cluster.KubeconfigPath()
+	s.brokerEnv = brokerEnv
 	var err error
 	s.resolver, err = startService(ctx, "image-resolver", filepath.Join(s.BinDir, "image-resolver"), append(tlsArgs(s.cert("image-resolver")),
 		"--grpc-address", addr(p.ResolverGRPC), "--metrics-address", "127.0.0.1:0", "--kubeconfig", kubeconfig,
@@ -391,20 +394,48 @@ func (s *Stack) startServices(ctx context.Context, brokerEnv []string) error {
 	if err != nil {
 		return err
 	}
-	s.broker, err = startService(ctx, "secret-broker", filepath.Join(s.BinDir, "secret-broker"), append(tlsArgs(s.cert("secret-broker")),
-		"--listen-address", addr(p.BrokerHTTPS), "--grpc-address", addr(p.BrokerGRPC), "--metrics-address", "127.0.0.1:0",
-		"--kubeconfig", kubeconfig), append(brokerEnv, "POD_NAMESPACE="+brokerNamespace), // its start claims (Leases) live there
-		filepath.Join(s.LogDir, "secret-broker.log"), "grpc", "gateway")
-	if err != nil {
+	if err := s.startBroker(ctx, addr(p.BrokerHTTPS), addr(p.BrokerGRPC), nil); err != nil {
 		return err
 	}
-	s.gateway, err = startService(ctx, "admission-gateway", filepath.Join(s.BinDir, "admission-gateway"), append(tlsArgs(s.cert("admission-gateway")),
-		"--listen-address", addr(p.GatewayHTTPS), "--grpc-address", addr(p.GatewayGRPC), "--metrics-address", "127.0.0.1:0",
-		"--kubeconfig", kubeconfig, "--image-resolver-address", s.resolver.addr("grpc"),
-		"--broker-ca-file", filepath.Join(s.CertDir, "ca.crt")),
+	return s.startGateway(ctx, addr(p.GatewayHTTPS), addr(p.GatewayGRPC), nil)
+}
+
+// startBroker starts the secret-broker on the given addresses with extra
+// arguments.
+func (s *Stack) startBroker(ctx context.Context, https, grpc string, extra []string) (err error) {
+	s.broker, err = startService(ctx, "secret-broker", filepath.Join(s.BinDir, "secret-broker"), slices.Concat(tlsArgs(s.cert("secret-broker")),
+		[]string{"--listen-address", https, "--grpc-address", grpc, "--metrics-address", "127.0.0.1:0",
+			"--kubeconfig", s.Cluster.KubeconfigPath()}, extra), append(slices.Clip(s.brokerEnv), "POD_NAMESPACE="+brokerNamespace), // its start claims (Leases) live there
+		filepath.Join(s.LogDir, "secret-broker.log"), "grpc", "gateway")
+	return err
+}
+
+// startGateway starts the admission-gateway on the given addresses with
+// extra arguments.
+func (s *Stack) startGateway(ctx context.Context, webhook, grpc string, extra []string) (err error) {
+	s.gateway, err = startService(ctx, "admission-gateway", filepath.Join(s.BinDir, "admission-gateway"), slices.Concat(tlsArgs(s.cert("admission-gateway")),
+		[]string{"--listen-address", webhook, "--grpc-address", grpc, "--metrics-address", "127.0.0.1:0",
+			"--kubeconfig", s.Cluster.KubeconfigPath(), "--image-resolver-address", s.resolver.addr("grpc"),
+			"--broker-ca-file", filepath.Join(s.CertDir, "ca.crt")}, extra),
 		[]string{"PIGGY_ADDRESS=" + s.BrokerURL(), "PIGGY_ENV_IMAGE=" + PiggyEnvImage},
 		filepath.Join(s.LogDir, "admission-gateway.log"), "grpc", "webhook")
 	return err
+}
+
+// Reconfigure restarts the secret-broker and the admission-gateway on the
+// addresses they serve now, with extra arguments besides the stack's own
+// (what an operator's helm upgrade of their values does); nil extras
+// restore the stack's configuration.
+func (s *Stack) Reconfigure(ctx context.Context, brokerArgs, gatewayArgs []string) error {
+	bHTTPS, bGRPC := s.broker.addr("gateway"), s.broker.addr("grpc")
+	gWebhook, gGRPC := s.gateway.addr("webhook"), s.gateway.addr("grpc")
+	if err := errors.Join(s.gateway.stop(), s.broker.stop()); err != nil {
+		return fmt.Errorf("stop the services: %w", err)
+	}
+	if err := s.startBroker(ctx, bHTTPS, bGRPC, brokerArgs); err != nil {
+		return err
+	}
+	return s.startGateway(ctx, gWebhook, gGRPC, gatewayArgs)
 }
 
 // PiggyEnvImage names the install init container's image; locally the
