@@ -590,21 +590,23 @@ func (w *world) brokerMetrics(t testing.TB) string {
 	return body
 }
 
-// apiserverTokenReviews counts the TokenReview creations the apiserver has
-// served, from its own metrics.
+// apiserverTokenReviews counts the TokenReviews the apiserver has made
+// (answered 201), from its own metrics. Requests it turned away while
+// overloaded (429, which client-go retries) are not reviews.
 func (w *world) apiserverTokenReviews(t testing.TB) float64 {
 	t.Helper()
 	raw, err := w.cs.CoreV1().RESTClient().Get().AbsPath("/metrics").DoRaw(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
-	return metric(string(raw), "apiserver_request_total", "resource", "tokenreviews", "verb", "POST")
+	return metric(string(raw), "apiserver_request_total", "resource", "tokenreviews", "verb", "POST", "code", "201")
 }
 
 // apiserverLeaseRequests counts the Lease requests the apiserver has
-// served, by verb (POST, GET, DELETE), from its own metrics. They are the
-// cluster's: the apiserver's renewals of its own identity Lease are in the
-// GETs.
+// served, by verb (POST answered 201, GET and DELETE answered 200), from
+// its own metrics; requests turned away while it was overloaded (429,
+// retried by client-go) are not counted. They are the cluster's: the
+// apiserver's renewals of its own identity Lease are in the GETs.
 func (w *world) apiserverLeaseRequests(t testing.TB) map[string]float64 {
 	t.Helper()
 	raw, err := w.cs.CoreV1().RESTClient().Get().AbsPath("/metrics").DoRaw(context.Background())
@@ -612,8 +614,8 @@ func (w *world) apiserverLeaseRequests(t testing.TB) map[string]float64 {
 		t.Fatal(err)
 	}
 	out := map[string]float64{}
-	for _, verb := range []string{"POST", "GET", "DELETE"} {
-		out[verb] = metric(string(raw), "apiserver_request_total", "resource", "leases", "verb", verb)
+	for verb, code := range map[string]string{"POST": "201", "GET": "200", "DELETE": "200"} {
+		out[verb] = metric(string(raw), "apiserver_request_total", "resource", "leases", "verb", verb, "code", code)
 	}
 	return out
 }
