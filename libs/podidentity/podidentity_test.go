@@ -1,6 +1,8 @@
 package podidentity
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -18,6 +20,22 @@ func TestSignature(t *testing.T) {
 	}
 	if Signature([]string{"sh"}) == Signature([]string{"sh", "-c", "env"}) {
 		t.Error("different command lines share a signature")
+	}
+	hash := func(s string) string {
+		sum := sha256.Sum256([]byte(s))
+		return hex.EncodeToString(sum[:])
+	}
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"sh", "-c", "echo a  b"}, hash("sh -c echo a  b")},
+		{[]string{" app ", "x "}, hash("app  x")},
+		{[]string{"app", ""}, hash("app")},
+	} {
+		if got := Signature(tt.args); got != tt.want {
+			t.Errorf("Signature(%q) = %s, want %s", tt.args, got, tt.want)
+		}
 	}
 }
 

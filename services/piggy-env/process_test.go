@@ -845,14 +845,14 @@ func TestBinaryDependencies(t *testing.T) {
 		}
 	}
 	// Of libs, only stdlib-only packages may be linked.
-	stdlibOnlyLibs := map[string]bool{"github.com/piggysec/piggy/libs/awsbody": true, "github.com/piggysec/piggy/libs/podgrant": true}
+	stdlibOnlyLibs := map[string]bool{"github.com/piggysec/piggy/libs/awsbody": true, "github.com/piggysec/piggy/libs/podgrant": true, "github.com/piggysec/piggy/libs/podidentity": true}
 	out, err := exec.Command("go", "list", "-deps", "-f", "{{.ImportPath}}", ".").Output()
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, pkg := range strings.Fields(string(out)) {
 		if strings.HasPrefix(pkg, "github.com/piggysec/piggy/libs/") && !stdlibOnlyLibs[pkg] {
-			t.Errorf("piggy-env links %s; only the stdlib-only libs/awsbody and libs/podgrant are allowed", pkg)
+			t.Errorf("piggy-env links %s; only the stdlib-only libs/awsbody, libs/podgrant and libs/podidentity are allowed", pkg)
 		}
 	}
 	for _, s := range info.Settings {

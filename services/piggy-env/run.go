@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/piggysec/piggy/libs/podidentity"
 	"github.com/piggysec/piggy/services/piggy-env/internal/broker"
 	"github.com/piggysec/piggy/services/piggy-env/internal/config"
 	"github.com/piggysec/piggy/services/piggy-env/internal/dial"
@@ -223,7 +224,7 @@ func (a *app) fetch(ctx context.Context, log *slog.Logger, cfg config.Config, co
 			log.WarnContext(ctx, "The broker address is not https: the service-account token is sent in clear text", "address", source)
 		}
 		// One fetch id for every attempt of this process's request.
-		req := broker.Request{ContainerUID: p.UID, Signature: launch.Signature(command), Keys: keys, FetchID: newFetchID()}
+		req := broker.Request{ContainerUID: p.UID, Signature: podidentity.Signature(command), Keys: keys, FetchID: newFetchID()}
 		retryable = broker.Retryable
 		attempt = func(ctx context.Context) error {
 			resp, err := client.GetSecrets(ctx, req)

@@ -11,9 +11,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/piggysec/piggy/libs/awsregion"
 	"github.com/piggysec/piggy/libs/daemon"
 	"github.com/piggysec/piggy/libs/flagenv"
-	"github.com/piggysec/piggy/services/image-resolver/internal/ecrauth"
 	"github.com/piggysec/piggy/services/image-resolver/internal/resolve"
 )
 
@@ -207,7 +207,7 @@ func Load(args []string, lookup flagenv.Lookup, output io.Writer) (Config, error
 		switch {
 		case !ok || err != nil || strings.Contains(h, "/"):
 			errs = append(errs, fmt.Errorf("--ecr-registries: %q is not host[:port]=region", pair))
-		case !ecrauth.ValidRegion(strings.TrimSpace(region)):
+		case !awsregion.Valid(strings.TrimSpace(region)):
 			errs = append(errs, fmt.Errorf("--ecr-registries: %q is not an AWS region", region))
 		default:
 			if c.ECRRegistries == nil {

@@ -37,15 +37,13 @@ import (
 	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
 	"golang.org/x/sync/singleflight"
 
+	"github.com/piggysec/piggy/libs/awsregion"
 	"github.com/piggysec/piggy/services/image-resolver/internal/cache"
 )
 
 // hostPattern matches ECR private registry hosts:
 // <account>.dkr.ecr[-fips].<region>.amazonaws.com[.cn].
-var hostPattern = regexp.MustCompile(`^[0-9]{12}\.dkr\.ecr(?:-fips)?\.([a-z]{2}(?:-[a-z]+)+-[0-9]+)\.amazonaws\.com(?:\.cn)?$`)
-
-// regionPattern is what a configured region must look like.
-var regionPattern = regexp.MustCompile(`^[a-z]{2}(?:-[a-z]+)+-[0-9]+$`)
+var hostPattern = regexp.MustCompile(`^[0-9]{12}\.dkr\.ecr(?:-fips)?\.(` + awsregion.Pattern + `)\.amazonaws\.com(?:\.cn)?$`)
 
 // RegionOf returns the region of an ECR registry host, or ok=false when
 // host is not one.
@@ -56,9 +54,6 @@ func RegionOf(host string) (region string, ok bool) {
 	}
 	return m[1], true
 }
-
-// ValidRegion reports whether region looks like an AWS region name.
-func ValidRegion(region string) bool { return regionPattern.MatchString(region) }
 
 // API is the part of the ECR client the keychain uses.
 type API interface {
@@ -167,7 +162,7 @@ func New(opts Options) (*Keychain, error) {
 		tokens:     cache.New[string, *entry](maxRegions, 0, nil),
 	}
 	for host, region := range opts.Registries {
-		if !ValidRegion(region) {
+		if !awsregion.Valid(region) {
 			return nil, fmt.Errorf("ecrauth: registry %s: %q is not a region", host, region)
 		}
 		k.registries[strings.ToLower(host)] = region

@@ -5,8 +5,6 @@
 package launch
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -43,13 +41,6 @@ func (e *Error) Unwrap() error { return e.Err }
 
 // ExitCode returns the exit code piggy-env should end with.
 func (e *Error) ExitCode() int { return e.Code }
-
-// Signature returns the command line signature the broker checks: the
-// lowercase hex SHA-256 of args joined with single spaces and trimmed.
-func Signature(args []string) string {
-	sum := sha256.Sum256([]byte(strings.TrimSpace(strings.Join(args, " "))))
-	return hex.EncodeToString(sum[:])
-}
 
 // LookPath finds file the way execvp does, but in the PATH of env (the
 // environment the command will get) rather than piggy-env's own: a name with a

@@ -1,8 +1,6 @@
 package launch
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"os"
 	"path/filepath"
@@ -13,34 +11,6 @@ import (
 	"github.com/google/go-cmp/cmp"
 )
 
-func TestSignature(t *testing.T) {
-	hash := func(s string) string {
-		sum := sha256.Sum256([]byte(s))
-		return hex.EncodeToString(sum[:])
-	}
-	tests := []struct {
-		args []string
-		want string
-	}{
-		{[]string{"/bin/app", "--port", "8080"}, hash("/bin/app --port 8080")},
-		{[]string{"sh", "-c", "echo a  b"}, hash("sh -c echo a  b")},
-		{[]string{" app ", "x "}, hash("app  x")},
-		{[]string{"app", ""}, hash("app")},
-	}
-	for _, tt := range tests {
-		t.Run(strings.Join(tt.args, "_"), func(t *testing.T) {
-			got := Signature(tt.args)
-			if diff := cmp.Diff(tt.want, got); diff != "" {
-				t.Errorf("Signature mismatch (-want +got):\n%s", diff)
-			}
-			if got != strings.ToLower(got) || len(got) != 64 {
-				t.Errorf("Signature %q is not lowercase hex SHA-256", got)
-			}
-		})
-	}
-}
-
-// tree creates files under a temp dir: name -> mode (0 for a directory).
 func tree(t *testing.T, files map[string]os.FileMode) string {
 	t.Helper()
 	root := t.TempDir()

@@ -27,7 +27,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"regexp"
 	"slices"
 	"strings"
 
@@ -40,6 +39,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 	"go.opentelemetry.io/otel/trace/noop"
 
+	"github.com/piggysec/piggy/libs/awsregion"
 	"github.com/piggysec/piggy/libs/logging"
 	"github.com/piggysec/piggy/services/secret-broker/internal/fault"
 )
@@ -72,8 +72,6 @@ const DefaultStage = "AWSCURRENT"
 
 // maxPages bounds the SSM pages read for one path (10 parameters a page).
 const maxPages = 200
-
-var regionPattern = regexp.MustCompile(`^[a-z]{2}(-[a-z]+)+-[0-9]{1,2}$`)
 
 // Source says where a pod's values come from.
 type Source struct {
@@ -194,9 +192,6 @@ func NewFetcher(clients ClientsFunc, opts FetcherOptions) (*Fetcher, error) {
 	return f, nil
 }
 
-// ValidRegion reports whether region looks like an AWS region name.
-func ValidRegion(region string) bool { return regionPattern.MatchString(region) }
-
 // AllowedRegions returns the distinct non-empty regions, sorted. It
 // refuses a name that is not an AWS region. None is a broker that cannot
 // read AWS (it still starts, and refuses every request naming the missing
@@ -207,7 +202,7 @@ func AllowedRegions(regions ...string) ([]string, error) {
 		if r = strings.TrimSpace(r); r == "" || slices.Contains(out, r) {
 			continue
 		}
-		if !ValidRegion(r) {
+		if !awsregion.Valid(r) {
 			return nil, fmt.Errorf("%q is not an AWS region", r)
 		}
 		out = append(out, r)
@@ -219,7 +214,7 @@ func AllowedRegions(regions ...string) ([]string, error) {
 // RegionNotAllowed is the refusal of a region outside allowed: it names the
 // allowed regions (the operator's settings, not a tenant's).
 func RegionNotAllowed(region string, allowed []string) error {
-	if !ValidRegion(region) {
+	if !awsregion.Valid(region) {
 		return fault.New(fault.InvalidArgument, "invalid_region", "%q is not an AWS region", region)
 	}
 	if len(allowed) == 0 {

@@ -15,6 +15,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/piggysec/piggy/libs/awsregion"
 	"github.com/piggysec/piggy/libs/daemon"
 	"github.com/piggysec/piggy/libs/flagenv"
 	"github.com/piggysec/piggy/libs/podsettings"
@@ -215,11 +216,11 @@ func Load(args []string, lookup flagenv.Lookup, output io.Writer) (Config, error
 	}
 	c.AWSRegions = splitList(regions)
 	for _, r := range c.AWSRegions {
-		if !awssecrets.ValidRegion(r) {
+		if !awsregion.Valid(r) {
 			errs = append(errs, fmt.Errorf("--aws-regions: %q is not an AWS region", r))
 		}
 	}
-	if r := c.Defaults.Values[podsettings.AWSRegion]; r != "" && !awssecrets.ValidRegion(r) {
+	if r := c.Defaults.Values[podsettings.AWSRegion]; r != "" && !awsregion.Valid(r) {
 		errs = append(errs, fmt.Errorf("AWS_REGION: %q is not an AWS region", r))
 	}
 	for _, p := range slices.Concat(c.Rules.SecretsManager, c.Rules.SSM, c.Rules.AllowListGrants) {
