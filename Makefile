@@ -79,7 +79,7 @@ stress: kube-binaries chart-tools ## Run the tests STRESS_COUNT (20) times in a 
 	@loads=(); for i in $$(seq $(STRESS_LOAD)); do (while :; do :; done) & loads+=($$!); done; \
 		trap 'kill $${loads[@]} 2>/dev/null' EXIT; \
 		echo "go test -count=$(STRESS_COUNT) with $(STRESS_LOAD) busy loops"; \
-		go test -race -count=$(STRESS_COUNT) -failfast -timeout 0 $(STRESS_PACKAGES)
+		go test -race -count=$(STRESS_COUNT) -timeout 0 $(STRESS_PACKAGES)
 
 .PHONY: chart-test
 chart-test: kube-binaries chart-tools ## Chart, image and compose checks only (libs/deploytest).
