@@ -19,10 +19,13 @@ import (
 	"slices"
 	"time"
 
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
 
+	"github.com/piggysec/piggy/libs/buildinfo"
 	"github.com/piggysec/piggy/libs/flagenv"
 	"github.com/piggysec/piggy/libs/logging"
 	"github.com/piggysec/piggy/libs/serve"
@@ -148,6 +151,11 @@ func New(ctx context.Context, name, version string, s Settings, stderr io.Writer
 	}
 	tel, err := telemetry.Setup(ctx, telemetry.Options{ServiceName: name, Version: version, Getenv: getenv})
 	if err != nil {
+		return nil, err
+	}
+	build := buildinfo.Read(version)
+	log.Info("starting", "version", build.Version, "go_version", build.GoVersion, "revision", build.Revision)
+	if err := registerBuildInfo(tel.MeterProvider.Meter("github.com/piggysec/piggy/libs/daemon"), name, build); err != nil {
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(ctx)
@@ -305,4 +313,19 @@ func (d *Daemon) Wait() error {
 	}
 	d.Log.Info("stopped")
 	return nil
+}
+
+// registerBuildInfo records piggy_build_info, always 1, whose attributes
+// say which build of service runs: version, go_version and revision.
+func registerBuildInfo(m metric.Meter, service string, build buildinfo.Info) error {
+	attrs := metric.WithAttributes(
+		attribute.String("service", service), attribute.String("version", build.Version),
+		attribute.String("go_version", build.GoVersion), attribute.String("revision", build.Revision))
+	_, err := m.Int64ObservableGauge("piggy_build_info",
+		metric.WithDescription("The running build: always 1, with the version, Go release and source revision as attributes."),
+		metric.WithInt64Callback(func(_ context.Context, o metric.Int64Observer) error {
+			o.Observe(1, attrs)
+			return nil
+		}))
+	return err
 }

@@ -6,7 +6,20 @@ import (
 	"fmt"
 	"io"
 	"strings"
+
+	"github.com/piggysec/piggy/libs/buildinfo"
 )
+
+// PrintVersion answers --version: when args ask only for it, it prints the
+// service's name and build to stdout and reports true, and the service
+// exits 0 without reading any other setting.
+func PrintVersion(stdout io.Writer, name, version string, args []string) bool {
+	if !buildinfo.Requested(args) {
+		return false
+	}
+	fmt.Fprintln(stdout, name, buildinfo.Read(version))
+	return true
+}
 
 // Exit turns the error of a service's run function into a process exit
 // code, printing a one-line message to stderr: 0 for nil and for --help,

@@ -4,7 +4,9 @@ import (
 	"context"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -144,6 +146,12 @@ func TestLifecycle(t *testing.T, s Service) {
 			}
 		}
 		checkCallers(t, pki, addrs, s.Callers)
+		p.WaitForRecord(t, 10*time.Second, func(r map[string]any) bool {
+			return r["message"] == "starting" && r["version"] == "dev" && r["go_version"] == runtime.Version()
+		})
+		if _, metrics := Get(t, "http://"+addrs["metrics"]+"/metrics", nil); !strings.Contains(metrics, `piggy_build_info{go_version="`+runtime.Version()+`"`) {
+			t.Errorf("/metrics has no piggy_build_info of this build")
+		}
 		for _, path := range []string{"/healthz", "/readyz", "/metrics", "/debug/pprof/cmdline"} {
 			if code, _ := Get(t, "http://"+addrs["metrics"]+path, nil); code != http.StatusOK {
 				t.Errorf("metrics %s = %d, want 200", path, code)
@@ -155,6 +163,13 @@ func TestLifecycle(t *testing.T, s Service) {
 		}
 		if took > 5*time.Second {
 			t.Errorf("exit took %s after SIGTERM, want at most 5s", took)
+		}
+	})
+
+	t.Run("--version", func(t *testing.T) {
+		out, err := exec.Command(bin, "--version").Output()
+		if err != nil || !strings.HasPrefix(string(out), name+" dev (go") {
+			t.Errorf("--version: %v, stdout %q, want %q", err, out, name+" dev (go...)")
 		}
 	})
 

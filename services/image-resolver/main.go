@@ -16,6 +16,9 @@ import (
 var version = "dev"
 
 func main() {
+	if daemon.PrintVersion(os.Stdout, "image-resolver", version, os.Args[1:]) {
+		return
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := run(ctx, os.Args[1:], os.LookupEnv)
 	stop()

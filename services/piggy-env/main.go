@@ -16,6 +16,9 @@ import (
 	"github.com/piggysec/piggy/services/piggy-env/internal/jsonlog"
 )
 
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := run(ctx, os.Args[1:], os.Environ())

@@ -845,14 +845,14 @@ func TestBinaryDependencies(t *testing.T) {
 		}
 	}
 	// Of libs, only stdlib-only packages may be linked.
-	stdlibOnlyLibs := map[string]bool{"github.com/piggysec/piggy/libs/awsbody": true, "github.com/piggysec/piggy/libs/podgrant": true, "github.com/piggysec/piggy/libs/podidentity": true}
+	stdlibOnlyLibs := map[string]bool{"github.com/piggysec/piggy/libs/awsbody": true, "github.com/piggysec/piggy/libs/podgrant": true, "github.com/piggysec/piggy/libs/podidentity": true, "github.com/piggysec/piggy/libs/buildinfo": true}
 	out, err := exec.Command("go", "list", "-deps", "-f", "{{.ImportPath}}", ".").Output()
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, pkg := range strings.Fields(string(out)) {
 		if strings.HasPrefix(pkg, "github.com/piggysec/piggy/libs/") && !stdlibOnlyLibs[pkg] {
-			t.Errorf("piggy-env links %s; only the stdlib-only libs/awsbody, libs/podgrant and libs/podidentity are allowed", pkg)
+			t.Errorf("piggy-env links %s; only the stdlib-only libs/awsbody, libs/buildinfo, libs/podgrant and libs/podidentity are allowed", pkg)
 		}
 	}
 	for _, s := range info.Settings {
@@ -878,6 +878,14 @@ func TestProcessHelp(t *testing.T) {
 				t.Errorf("%s output does not mention %q", flag, want)
 			}
 		}
+	}
+}
+
+func TestProcessVersion(t *testing.T) {
+	t.Parallel()
+	res := runPiggyEnv(t, nil, "--version")
+	if res.exitCode != 0 || !strings.HasPrefix(res.stdout, "piggy-env dev (go") {
+		t.Errorf("--version: exit %d, stdout %q, want 0 and \"piggy-env dev (go...)\"", res.exitCode, res.stdout)
 	}
 }
 

@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/piggysec/piggy/libs/buildinfo"
 	"github.com/piggysec/piggy/libs/podidentity"
 	"github.com/piggysec/piggy/services/piggy-env/internal/broker"
 	"github.com/piggysec/piggy/services/piggy-env/internal/config"
@@ -43,6 +44,7 @@ type app struct {
 const usage = `Usage:
   piggy-env [flags] -- command [args...]
   piggy-env install <dir>
+  piggy-env --version
 
 piggy-env replaces every environment variable whose value is exactly
 "piggy:KEY" with the value of KEY, removes all PIGGY_* variables, and execs
@@ -106,6 +108,10 @@ func (e *usageError) Error() string { return e.msg + " (see piggy-env --help)" }
 func (e *usageError) ExitCode() int { return 2 }
 
 func (a *app) run(ctx context.Context, args, environ []string) error {
+	if buildinfo.Requested(args) {
+		_, err := fmt.Fprintln(a.stdout, "piggy-env", buildinfo.Read(version))
+		return err
+	}
 	if len(args) > 0 && args[0] == "install" {
 		return a.install(args[1:], environ)
 	}
