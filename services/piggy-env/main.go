@@ -25,6 +25,7 @@ func main() {
 	stop()
 	if err != nil {
 		jsonlog.New(os.Stderr, false).Error(err.Error())
+		writeTerminationMessage(err.Error())
 		code := 1
 		if ec, ok := errors.AsType[interface {
 			error
@@ -34,4 +35,31 @@ func main() {
 		}
 		os.Exit(code)
 	}
+}
+
+// terminationMessagePath is the container's default terminationMessagePath,
+// a file the kubelet mounts into every container and shows as the
+// container's last state message in `kubectl describe pod`.
+const terminationMessagePath = "/dev/termination-log"
+
+// maxTerminationMessage is the kubelet's limit for that message.
+const maxTerminationMessage = 4096
+
+// writeTerminationMessage leaves msg, the final error (which names
+// variables and keys, never a value), where the kubelet reads it:
+// PIGGY_TERMINATION_MESSAGE_PATH, else the default path when the kubelet
+// mounted it. It is best effort: the error is on stderr already.
+func writeTerminationMessage(msg string) {
+	path, set := os.LookupEnv("PIGGY_TERMINATION_MESSAGE_PATH")
+	if !set || path == "" {
+		path = terminationMessagePath
+		if _, err := os.Stat(path); err != nil {
+			return
+		}
+	}
+	msg = "piggy-env: " + msg
+	if len(msg) > maxTerminationMessage {
+		msg = msg[:maxTerminationMessage]
+	}
+	_ = os.WriteFile(path, []byte(msg), 0o644)
 }

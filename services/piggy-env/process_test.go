@@ -529,7 +529,8 @@ func TestProcessFailures(t *testing.T) {
 			if args == nil {
 				args = []string{"--", "child"}
 			}
-			res := runPiggyEnv(t, tt.env(t, b), args...)
+			termination := filepath.Join(t.TempDir(), "termination-log")
+			res := runPiggyEnv(t, append(tt.env(t, b), "PIGGY_TERMINATION_MESSAGE_PATH="+termination), args...)
 			if res.exitCode != tt.wantExit {
 				t.Errorf("exit code %d, want %d; stderr:\n%s", res.exitCode, tt.wantExit, res.stderr)
 			}
@@ -541,6 +542,10 @@ func TestProcessFailures(t *testing.T) {
 				if !strings.Contains(msg, w) {
 					t.Errorf("error %q does not contain %q", msg, w)
 				}
+			}
+			// What kubectl describe pod shows is the same final error.
+			if got, err := os.ReadFile(termination); err != nil || string(got) != "piggy-env: "+msg {
+				t.Errorf("termination message = %q (%v), want %q", got, err, "piggy-env: "+msg)
 			}
 			errorLines := 0
 			for _, l := range res.logs {
@@ -873,7 +878,7 @@ func TestProcessHelp(t *testing.T) {
 			"PIGGY_ADDRESS", "PIGGY_UID", "PIGGY_TOKEN_FILE", "PIGGY_CA_FILE", "PIGGY_SKIP_VERIFY_TLS", "PIGGY_STANDALONE",
 			"PIGGY_AWS_SECRET_NAME", "PIGGY_AWS_SSM_PARAMETER_PATH", "PIGGY_AWS_REGION", "PIGGY_AWS_SECRET_VERSION",
 			"PIGGY_IGNORE_NO_ENV", "PIGGY_DEBUG", "PIGGY_DNS_RESOLVER", "PIGGY_INITIAL_DELAY", "PIGGY_RETRIES", "PIGGY_NUMBER_OF_RETRY",
-			"PIGGY_REQUEST_TIMEOUT", "PIGGY_TIMEOUT", "PIGGY_CA_BUNDLE"} {
+			"PIGGY_REQUEST_TIMEOUT", "PIGGY_TIMEOUT", "PIGGY_CA_BUNDLE", "PIGGY_TERMINATION_MESSAGE_PATH"} {
 			if !strings.Contains(res.stdout, want) {
 				t.Errorf("%s output does not mention %q", flag, want)
 			}

@@ -91,6 +91,9 @@ Environment (set by the Piggy admission webhook):
   PIGGY_TIMEOUT                 overall timeout of all attempts and the waits between
                                 them, counted after the initial delay (default 60s)
   PIGGY_CA_BUNDLE               install only: PEM CA bundle to write to <dir>/ca.crt
+  PIGGY_TERMINATION_MESSAGE_PATH  where the final error is written for kubectl
+                                describe pod (default /dev/termination-log, when the
+                                kubelet has mounted it)
 Standalone mode also reads AWS_ROLE_ARN, AWS_WEB_IDENTITY_TOKEN_FILE,
 AWS_ROLE_SESSION_NAME, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
 AWS_SESSION_TOKEN, AWS_CA_BUNDLE and AWS_ENDPOINT_URL[_STS|_SECRETS_MANAGER|_SSM].
