@@ -24,6 +24,7 @@ import (
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
+	"k8s.io/klog/v2"
 
 	"github.com/piggysec/piggy/libs/buildinfo"
 	"github.com/piggysec/piggy/libs/flagenv"
@@ -145,6 +146,9 @@ func New(ctx context.Context, name, version string, s Settings, stderr io.Writer
 		level = slog.LevelDebug
 	}
 	log := logging.New(stderr, logging.Options{Level: level, Service: name})
+	// client-go logs through klog (reflector, watch and API warnings): as
+	// JSON records of the service's log, not plain text on stderr.
+	klog.SetSlogLogger(log.With("component", "client-go"))
 	src, err := tlsreload.Load(s.TLS)
 	if err != nil {
 		return nil, err

@@ -56,7 +56,6 @@ func run(ctx context.Context, args []string, lookup flagenv.Lookup) error {
 
 // wire builds the broker's parts and starts its servers in d.
 func wire(d *daemon.Daemon, cfg config.Config) error {
-	kubeclient.RouteKlog(d.Log)
 	tracer := d.Telemetry.TracerProvider.Tracer(instrumentationName)
 	meter := d.Telemetry.MeterProvider.Meter(instrumentationName)
 

@@ -8,7 +8,6 @@ package kubeclient
 
 import (
 	"fmt"
-	"log/slog"
 	"net/http"
 
 	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
@@ -17,7 +16,6 @@ import (
 	authenticationv1 "k8s.io/client-go/kubernetes/typed/authentication/v1"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
-	"k8s.io/klog/v2"
 
 	"github.com/piggysec/piggy/services/secret-broker/internal/fault"
 )
@@ -78,12 +76,6 @@ func restConfig(o Options) (*rest.Config, error) {
 	cfg.QPS, cfg.Burst, cfg.UserAgent = o.QPS, o.Burst, o.UserAgent
 	cfg.Wrap(func(rt http.RoundTripper) http.RoundTripper { return otelhttp.NewTransport(rt) })
 	return cfg, nil
-}
-
-// RouteKlog sends client-go's klog output (reflector and watch errors) to
-// log as JSON records instead of plain text on stderr.
-func RouteKlog(log *slog.Logger) {
-	klog.SetSlogLogger(log.With("component", "client-go"))
 }
 
 // Classify maps a Kubernetes API client error to a fault: RBAC refusals
