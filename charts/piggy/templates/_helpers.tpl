@@ -34,6 +34,7 @@ one of admission-gateway, image-resolver, secret-broker.
 helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
 {{ include "piggy.selectorLabels" . }}
 app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
+app.kubernetes.io/component: {{ .component }}
 app.kubernetes.io/part-of: piggy
 app.kubernetes.io/managed-by: {{ .root.Release.Service }}
 {{- end -}}
