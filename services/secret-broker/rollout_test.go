@@ -51,6 +51,7 @@ func TestRolloutOf500Pods(t *testing.T) {
 		reviewsBefore := w.apiserverTokenReviews(t)
 		leasesBefore := w.apiserverLeaseRequests(t)
 		readsBefore := w.aws.Calls(awslocal.ServiceSecretsManager, "GetSecretValue")
+		loadsBefore := metric(w.brokerMetrics(t), "piggy_secret_broker_cache_misses_total", "cache", "secrets")
 		pool := x509.NewCertPool()
 		pool.AppendCertsFromPEM(w.ca.CertPEM)
 		statuses := make([]int, pods)
@@ -103,8 +104,12 @@ func TestRolloutOf500Pods(t *testing.T) {
 		if ok != pods {
 			t.Errorf("%s: %d of %d requests succeeded", name, ok, pods)
 		}
-		if name == "first wave" && reads != 1 || name != "first wave" && reads != 0 {
-			t.Errorf("%s: AWS reads = %d, want %d", name, reads, map[bool]int{true: 1, false: 0}[name == "first wave"])
+		// One load of the secret for the whole wave (the SDK may retry an
+		// attempt that outlasts its timeout on a busy machine, so AWS may
+		// see two calls for that one load).
+		loads := metric(w.brokerMetrics(t), "piggy_secret_broker_cache_misses_total", "cache", "secrets") - loadsBefore
+		if want := map[bool]float64{true: 1, false: 0}[name == "first wave"]; loads != want || name != "first wave" && reads != 0 {
+			t.Errorf("%s: secret loads = %.0f (AWS reads %d), want %.0f", name, loads, reads, want)
 		}
 		if maxReviews := map[bool]float64{true: pods, false: 0}[name == "first wave"]; reviews > maxReviews {
 			t.Errorf("%s: TokenReviews = %.0f, want at most %.0f", name, reviews, maxReviews)
