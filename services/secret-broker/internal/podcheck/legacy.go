@@ -91,14 +91,9 @@ func (c *Checker) CheckLegacy(ctx context.Context, id authn.Identity, ctr Contai
 		return Result{}, fault.New(fault.Unauthenticated, "token_unbound",
 			"the token of %s:%s is not bound to a pod; the original protocol is served only for pod-bound tokens", id.Namespace, id.ServiceAccount)
 	}
-	pod, err := c.findPod(ctx, id, ctr)
+	pod, err := c.callersPod(ctx, id, ctr)
 	if err != nil {
 		return Result{}, err
-	}
-	sa := serviceAccount(pod)
-	if sa != id.ServiceAccount {
-		return Result{}, fault.New(fault.PermissionDenied, "pod_mismatch",
-			"pod %s/%s runs as service account %q, not %q of the token", pod.Namespace, pod.Name, sa, id.ServiceAccount)
 	}
 	raw, ok := pod.Annotations[podidentity.AnnotationKey]
 	if !ok {
@@ -132,7 +127,7 @@ func (c *Checker) CheckLegacy(ctx context.Context, id authn.Identity, ctr Contai
 		return Result{}, fault.New(fault.InvalidArgument, "pod_settings", "pod %s/%s: %s", pod.Namespace, pod.Name, read.Denied)
 	}
 	st := read.Settings
-	src := st.GrantSource(pod.Namespace, sa)
+	src := st.GrantSource(pod.Namespace, id.ServiceAccount)
 	if diff := c.originalSettingsDiffer(spec, src); diff != "" {
 		return Result{}, fault.New(fault.PermissionDenied, "pod_settings_changed",
 			"pod %s/%s: its settings differ from what the original webhook admitted (%s); settings cannot change after admission, recreate the pod", pod.Namespace, pod.Name, diff)

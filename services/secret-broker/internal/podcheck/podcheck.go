@@ -178,16 +178,25 @@ func (c *Checker) parse(pod *corev1.Pod) *parsedPod {
 	return p
 }
 
-// Check finds the caller's pod and verifies the container identity.
-func (c *Checker) Check(ctx context.Context, id authn.Identity, ctr Container) (Result, error) {
+// callersPod finds the caller's pod and checks that it runs as the
+// token's service account.
+func (c *Checker) callersPod(ctx context.Context, id authn.Identity, ctr Container) (*corev1.Pod, error) {
 	pod, err := c.findPod(ctx, id, ctr)
 	if err != nil {
-		return Result{}, err
+		return nil, err
 	}
-	sa := serviceAccount(pod)
-	if sa != id.ServiceAccount {
-		return Result{}, fault.New(fault.PermissionDenied, "pod_mismatch",
+	if sa := serviceAccount(pod); sa != id.ServiceAccount {
+		return nil, fault.New(fault.PermissionDenied, "pod_mismatch",
 			"pod %s/%s runs as service account %q, not %q of the token", pod.Namespace, pod.Name, sa, id.ServiceAccount)
+	}
+	return pod, nil
+}
+
+// Check finds the caller's pod and verifies the container identity.
+func (c *Checker) Check(ctx context.Context, id authn.Identity, ctr Container) (Result, error) {
+	pod, err := c.callersPod(ctx, id, ctr)
+	if err != nil {
+		return Result{}, err
 	}
 	parsed := c.parse(pod)
 	read := parsed.settings
